@@ -1,0 +1,32 @@
+# Quick start: `make demo` (install + run the demo), `make test` (install + all checks and tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint typecheck pytest clean
+
+$(BIN)/billing: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/billing
+
+demo: install
+	$(BIN)/billing demo
+
+lint: install
+	$(BIN)/ruff check billing tests migrations
+	$(BIN)/ruff format --check billing tests migrations
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

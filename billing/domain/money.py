@@ -1,0 +1,78 @@
+"""Money: integer minor units plus an ISO-4217 code. The only place amounts change shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from billing.errors import InvalidInput
+
+# ISO-4217 minor digits of the currencies Plexo settles.
+CURRENCY_DIGITS: dict[str, int] = {"UYU": 2, "USD": 2}
+
+
+def check_currency(code: str) -> str:
+    """Return the upper-cased code, or refuse a currency Plexo does not settle."""
+    normalized = code.strip().upper()
+    if normalized not in CURRENCY_DIGITS:
+        supported = ", ".join(sorted(CURRENCY_DIGITS))
+        raise InvalidInput(f"unsupported currency {code!r}: use one of {supported}")
+    return normalized
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    minor: int
+    currency: str
+
+    def __post_init__(self) -> None:
+        if type(self.minor) is not int:
+            raise TypeError("Money.minor must be an int (minor units)")
+        check_currency(self.currency)
+
+    def major(self) -> Decimal:
+        return to_major(self.minor, self.currency)
+
+    def __str__(self) -> str:
+        return f"{self.major()} {self.currency}"
+
+
+def parse_amount(text: str | Decimal | int, currency: str) -> int:
+    """Parse a major-unit amount ("590", "590.5", "590.50") into minor units.
+
+    Refuses floats, non-numbers, non-positive amounts and more decimals than the currency has.
+    """
+    currency = check_currency(currency)
+    if isinstance(text, float):
+        raise InvalidInput("amount must be given as text or Decimal, never a float")
+    try:
+        value = Decimal(str(text).strip())
+    except InvalidOperation:
+        raise InvalidInput(f"amount {text!r} is not a number") from None
+    if not value.is_finite():
+        raise InvalidInput(f"amount {text!r} is not a finite number")
+    digits = CURRENCY_DIGITS[currency]
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > digits and value != value.quantize(Decimal(1).scaleb(-digits)):
+        raise InvalidInput(
+            f"amount {text} has more than {digits} decimal places, which {currency} does not allow"
+        )
+    if value <= 0:
+        raise InvalidInput(f"amount {text} must be greater than zero")
+    return int(value.scaleb(digits))
+
+
+def to_major(minor: int, currency: str) -> Decimal:
+    """Minor units to a Decimal in major units with exactly the currency's decimals."""
+    digits = CURRENCY_DIGITS[check_currency(currency)]
+    return Decimal(minor).scaleb(-digits).quantize(Decimal(1).scaleb(-digits))
+
+
+def from_major(value: Decimal, currency: str) -> int:
+    """A Decimal in major units (e.g. from a gateway body) to minor units; refuses sub-minor."""
+    digits = CURRENCY_DIGITS[check_currency(currency)]
+    scaled = value.scaleb(digits)
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput(f"amount {value} has more than {digits} decimals for {currency}")
+    return int(scaled)

@@ -1,0 +1,207 @@
+"""SQLModel tables. Money is integer minor units + ISO currency; every timestamp is UTC.
+
+Invariants the database itself enforces (see ARCHITECTURE.md):
+- one invoice per (subscription, period_start): a period can never be billed twice;
+- one charge attempt per Plexo referenceId, and per (invoice, attempt_number).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from billing.store.types import UTCDateTime
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _utc(nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Customer(SQLModel, table=True):
+    """A merchant's customer, mirrored at Plexo (plexo_id is Plexo's UUID)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    reference_id: str = Field(max_length=100, unique=True)
+    plexo_id: str | None = Field(default=None, max_length=64, unique=True)
+    email: str = Field(max_length=254)
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=32)
+    document_type: str | None = Field(default=None, max_length=16)
+    document_number: str | None = Field(default=None, max_length=32)
+    address: dict[str, Any] = _json()
+    birthdate: date | None = None
+    attributes: dict[str, Any] = _json()  # Plexo's "metadata" (string -> string)
+    status: str = Field(default="active", max_length=16)  # active | inactive | deleted
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+    deleted_at: datetime | None = _utc(nullable=True)
+
+
+class PaymentInstrument(SQLModel, table=True):
+    """A saved card: only Plexo's token and display data, never the card number."""
+
+    __tablename__ = "payment_instrument"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    token: str = Field(max_length=64, unique=True)
+    brand: str | None = Field(default=None, max_length=32)
+    bin: str | None = Field(default=None, max_length=8)
+    last4: str | None = Field(default=None, max_length=4)
+    card_type: str | None = Field(default=None, max_length=16)
+    exp_month: int | None = None
+    exp_year: int | None = None
+    status: str = Field(default="active", max_length=16)  # active | removed
+    is_default: bool = False
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class Plan(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=200)
+    amount_minor: int
+    currency: str = Field(max_length=3)
+    interval: str = Field(max_length=8)  # day | week | month | year
+    interval_count: int = 1
+    trial_days: int = 0
+    active: bool = True
+    created_at: datetime = _utc()
+
+
+class Subscription(SQLModel, table=True):
+    """Periods are computed from `anchor_at`; `next_period_index` is the next period to invoice."""
+
+    __table_args__ = (Index("ix_subscription_due", "status", "next_billing_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    plan_id: int = Field(foreign_key="plan.id", index=True)
+    instrument_id: int | None = Field(default=None, foreign_key="payment_instrument.id")
+    status: str = Field(max_length=16)
+    anchor_at: datetime = _utc()
+    trial_end_at: datetime | None = _utc(nullable=True)
+    next_period_index: int = 0
+    next_billing_at: datetime | None = _utc(nullable=True)
+    current_period_start: datetime | None = _utc(nullable=True)
+    current_period_end: datetime | None = _utc(nullable=True)
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = _utc(nullable=True)
+    paused_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class Invoice(SQLModel, table=True):
+    """One billable period. status: open -> charging -> paid | open (declined) | void.
+
+    `next_attempt_at` is when the engine may claim it; NULL means "not to be tried now"
+    (e.g. after a decline, until the retry policy schedules another attempt).
+    """
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "period_start"),
+        Index("ix_invoice_claimable", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription_id: int = Field(foreign_key="subscription.id", index=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    period_index: int
+    period_start: datetime = _utc()
+    period_end: datetime = _utc()
+    amount_minor: int
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=16)
+    attempt_count: int = 0
+    next_attempt_at: datetime | None = _utc(nullable=True)
+    last_decline_code: str | None = Field(default=None, max_length=32)
+    last_decline_class: str | None = Field(default=None, max_length=16)
+    retry_schedule: list[Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _utc(nullable=True)
+    paid_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class ChargeAttempt(SQLModel, table=True):
+    """One call to POST /v1/payments, written ahead of the call with state `sending`.
+
+    state: sending -> approved | declined | pending | unknown; pending/unknown are resolved
+    by the reconciler only.
+    """
+
+    __tablename__ = "charge_attempt"
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "attempt_number"),
+        Index("ix_charge_attempt_unresolved", "state", "next_check_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: int = Field(foreign_key="invoice.id", index=True)
+    attempt_number: int
+    reference_id: str = Field(max_length=64, unique=True)
+    state: str = Field(max_length=16)
+    amount_minor: int
+    currency: str = Field(max_length=3)
+    instrument_id: int | None = Field(default=None, foreign_key="payment_instrument.id")
+    plexo_payment_id: str | None = Field(default=None, max_length=64)
+    decline_code: str | None = Field(default=None, max_length=32)
+    decline_class: str | None = Field(default=None, max_length=16)
+    message: str | None = Field(default=None, max_length=500)
+    node: str = Field(max_length=128)
+    send_count: int = 1
+    check_count: int = 0
+    next_check_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+    resolved_at: datetime | None = _utc(nullable=True)
+
+
+class BillingRun(SQLModel, table=True):
+    """One billing pass (or reconciler sweep) that did work. `totals` holds per-outcome
+    counts and per-currency amounts: {"approved": {"count": n, "amounts": {"UYU": minor}}}."""
+
+    __tablename__ = "billing_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # pass | reconcile
+    node: str = Field(max_length=128)
+    as_of: datetime = _utc()
+    started_at: datetime = _utc()
+    finished_at: datetime | None = _utc(nullable=True)
+    invoices_created: int = 0
+    attempts: int = 0
+    totals: dict[str, Any] = _json()
+
+
+class Event(SQLModel, table=True):
+    """Append-only log of every state change, with who did it and why."""
+
+    __table_args__ = (Index("ix_event_entity", "entity_type", "entity_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _utc(index=True)
+    entity_type: str = Field(max_length=32)
+    entity_id: int
+    event: str = Field(max_length=64)
+    actor: str = Field(max_length=128)
+    reason: str | None = Field(default=None, max_length=500)
+    data: dict[str, Any] = _json()

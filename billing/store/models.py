@@ -122,6 +122,9 @@ class Invoice(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    # Random, never reused even if the database is rebuilt: the stem of every Plexo referenceId
+    # and the invoiceNumber sent to Plexo.
+    number: str = Field(max_length=32, unique=True)
     subscription_id: int = Field(foreign_key="subscription.id", index=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
     period_index: int

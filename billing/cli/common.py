@@ -1,0 +1,104 @@
+"""What every command shares: settings, the engine context, output as a table or --json,
+and errors as one clear line with a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+
+from billing.errors import BillingError
+from billing.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_INPUT = 2
+EXIT_FAILED = 1
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@dataclass
+class Globals:
+    config_path: str | None = None
+
+
+GLOBALS = Globals()
+
+
+def settings() -> Settings:
+    return load_settings(GLOBALS.config_path)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a BillingError into one line on stderr and exit 2 (bad input) or 1 (failure)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except BillingError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_INPUT) from None
+        except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_INPUT) from None
+
+    return wrapper
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(to_jsonable(data), indent=2, sort_keys=False))
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Plain aligned columns (no colour), for people; --json is for programs."""
+    if not rows:
+        return "(none)"
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def output(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        typer.echo(text)
+
+
+def progress(message: str) -> None:
+    """Progress for long manual work goes to stderr, so --json output stays clean."""
+    if sys.stderr.isatty() or os.environ.get("BILLING_PROGRESS"):
+        typer.echo(message, err=True)

@@ -1,0 +1,51 @@
+"""The `billing` command: one sub-app per noun, all thin shells over billing.engine."""
+
+from __future__ import annotations
+
+import typer
+
+from billing.cli import customers, ops, run, subscriptions
+from billing.cli.common import GLOBALS
+
+app = typer.Typer(
+    help="plexo-billing: recurring billing through Plexo.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    config: str | None = typer.Option(
+        None, "--config", envvar="BILLING_CONFIG", help="TOML settings file."
+    ),
+) -> None:
+    GLOBALS.config_path = config
+
+
+app.add_typer(customers.app, name="customers")
+app.add_typer(customers.instruments_app, name="instruments")
+app.add_typer(subscriptions.plans_app, name="plans")
+app.add_typer(subscriptions.app, name="subscriptions")
+app.add_typer(ops.config_app, name="config")
+app.add_typer(ops.db_app, name="db")
+app.command("check")(ops.check)
+app.command("run")(run.run)
+app.command("sandbox")(ops.sandbox)
+app.command("daemon")(ops.daemon)
+
+
+@app.command("demo")
+def demo(
+    months: int = typer.Option(4, "--months", help="How many months to run on the test clock."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+) -> None:
+    """Seed a sandbox and a SQLite store, then bill a few months on the test clock."""
+    from billing.cli.demo import run_demo
+
+    run_demo(months=months, as_json=as_json)
+
+
+def main() -> None:
+    app()

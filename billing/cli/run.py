@@ -1,0 +1,98 @@
+"""billing run --once [--as-of TIMESTAMP]: one billing pass (plus a reconciler sweep) by hand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import typer
+
+from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.clock import Clock, TestClock
+from billing.daemon.service import Daemon
+from billing.domain.money import to_major
+from billing.engine.billing_pass import RunSummary
+from billing.errors import ConfigError, InvalidInput
+from billing.wiring import open_context
+
+
+def parse_as_of(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--as-of {text!r} is not an ISO-8601 timestamp") from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(
+            f"--as-of {text!r} has no timezone; give an offset, e.g. {text}+00:00 or {text}-03:00"
+        )
+    return value
+
+
+def summary_view(summary: RunSummary) -> dict[str, Any]:
+    return {
+        "run_id": summary.run_id,
+        "kind": summary.kind,
+        "as_of": summary.as_of,
+        "invoices_created": summary.invoices_created,
+        "attempts": summary.attempts,
+        "outcomes": {
+            outcome: {
+                "count": entry["count"],
+                "amounts": {
+                    cur: str(to_major(minor, cur)) for cur, minor in entry["amounts"].items()
+                },
+                **(
+                    {"decline_classes": entry["decline_classes"]}
+                    if "decline_classes" in entry
+                    else {}
+                ),
+            }
+            for outcome, entry in summary.totals.items()
+        },
+    }
+
+
+def render_summary(summary: RunSummary) -> str:
+    view = summary_view(summary)
+    rows = [
+        {
+            "outcome": outcome,
+            "count": entry["count"],
+            "amounts": ", ".join(f"{v} {c}" for c, v in sorted(entry["amounts"].items())),
+        }
+        for outcome, entry in view["outcomes"].items()
+    ]
+    head = (
+        f"run {summary.run_id or '-'} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "
+        f"{summary.invoices_created} invoices created, {summary.attempts} charge attempts"
+    )
+    return head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
+
+
+@handle_errors
+def run(
+    once: bool = typer.Option(False, "--once", help="Run one pass and exit (required)."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Run on a test clock at this ISO timestamp (not in production)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run one billing pass and a reconciler sweep, and print their summary."""
+    if not once:
+        raise InvalidInput("only `billing run --once` is supported; use `billing daemon` to keep going")
+    cfg = settings()
+    clock: Clock | None = None
+    if as_of is not None:
+        moment = parse_as_of(as_of)
+        if cfg.is_production:
+            raise ConfigError("--as-of (a test clock) is refused when the environment is production")
+        clock = TestClock(moment)
+    with open_context(cfg, actor="cli:run", clock=clock) as ctx:
+        daemon = Daemon(ctx)
+        billing = daemon.billing_pass()
+        reconciled = daemon.reconcile()
+    output(
+        {"billing_pass": summary_view(billing), "reconcile": summary_view(reconciled)},
+        as_json,
+        render_summary(billing) + "\n" + render_summary(reconciled),
+    )

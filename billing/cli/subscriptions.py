@@ -1,0 +1,204 @@
+"""billing plans ... and billing subscriptions ..."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import typer
+from sqlmodel import select
+
+from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.wiring import open_context
+from billing.domain.money import to_major
+from billing.engine import subscriptions as svc
+from billing.errors import InvalidInput
+from billing.store.db import session
+from billing.store.models import Customer, Plan, Subscription
+
+plans_app = typer.Typer(help="Plans: price, currency and billing interval.", no_args_is_help=True)
+app = typer.Typer(help="Subscriptions of customers to plans.", no_args_is_help=True)
+
+
+def plan_view(p: Plan) -> dict[str, Any]:
+    return {
+        "code": p.code,
+        "name": p.name,
+        "amount": str(to_major(p.amount_minor, p.currency)),
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "interval": p.interval,
+        "interval_count": p.interval_count,
+        "trial_days": p.trial_days,
+        "active": p.active,
+    }
+
+
+def subscription_view(sub: Subscription, customer: str | None, plan: str | None) -> dict[str, Any]:
+    return {
+        "id": sub.id,
+        "customer": customer,
+        "plan": plan,
+        "status": sub.status,
+        "anchor_at": sub.anchor_at,
+        "trial_end_at": sub.trial_end_at,
+        "current_period_start": sub.current_period_start,
+        "current_period_end": sub.current_period_end,
+        "next_billing_at": sub.next_billing_at,
+        "cancel_at_period_end": sub.cancel_at_period_end,
+        "canceled_at": sub.canceled_at,
+        "instrument_id": sub.instrument_id,
+    }
+
+
+def _views(engine: Any, subs: list[Subscription]) -> list[dict[str, Any]]:
+    with session(engine) as s:
+        customers = {c.id: c.reference_id for c in s.exec(select(Customer)).all()}
+        plans = {p.id: p.code for p in s.exec(select(Plan)).all()}
+    return [subscription_view(x, customers.get(x.customer_id), plans.get(x.plan_id)) for x in subs]
+
+
+def parse_start(text: str, tz: ZoneInfo) -> datetime:
+    """A date means local midnight in the merchant zone; a datetime must carry its offset."""
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+            return datetime.combine(day, time(0), tzinfo=tz)
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"start {text!r} is not an ISO date or datetime") from None
+    if value.tzinfo is None:
+        raise InvalidInput(
+            f"start {text!r} has no timezone offset; add one (e.g. {text}-03:00) or give a date"
+        )
+    return value
+
+
+@plans_app.command("create")
+@handle_errors
+def create_plan(
+    code: str = typer.Option(..., "--code"),
+    name: str = typer.Option(..., "--name"),
+    amount: str = typer.Option(..., "--amount", help="Major units, e.g. 590.00"),
+    currency: str = typer.Option(..., "--currency", help="UYU or USD"),
+    interval: str = typer.Option("month", "--interval", help="day, week, month or year"),
+    interval_count: int = typer.Option(1, "--interval-count"),
+    trial_days: int = typer.Option(0, "--trial-days"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a plan."""
+    with open_context(settings()) as ctx:
+        plan = svc.create_plan(
+            ctx,
+            code=code,
+            name=name,
+            amount=amount,
+            currency=currency,
+            interval=interval,
+            interval_count=interval_count,
+            trial_days=trial_days,
+        )
+    view = plan_view(plan)
+    output(view, as_json, f"created plan {plan.code}: {view['amount']} {plan.currency}")
+
+
+@plans_app.command("list")
+@handle_errors
+def list_plans(as_json: bool = JsonOption) -> None:
+    """List plans."""
+    with open_context(settings()) as ctx:
+        rows = [plan_view(p) for p in svc.list_plans(ctx)]
+    columns = ["code", "name", "amount", "currency", "interval", "interval_count", "trial_days"]
+    output(rows, as_json, table(rows, columns))
+
+
+@app.command("create")
+@handle_errors
+def create(
+    customer: str = typer.Option(..., "--customer", help="Customer reference id."),
+    plan: str = typer.Option(..., "--plan", help="Plan code."),
+    start: str | None = typer.Option(None, "--start", help="ISO date or datetime with offset."),
+    instrument: str | None = typer.Option(None, "--instrument", help="Card id or token."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Subscribe a customer to a plan (the anchor is the start)."""
+    with open_context(settings()) as ctx:
+        begin = parse_start(start, ctx.tz) if start else None
+        sub = svc.create_subscription(
+            ctx, customer_ref=customer, plan_code=plan, start=begin, instrument=instrument
+        )
+        view = _views(ctx.engine, [sub])[0]
+    output(view, as_json, f"created subscription {sub.id} ({sub.status})")
+
+
+@app.command("show")
+@handle_errors
+def show(subscription_id: int, as_json: bool = JsonOption) -> None:
+    """Show one subscription."""
+    with open_context(settings()) as ctx:
+        with session(ctx.engine) as s:
+            sub = svc.get_subscription(s, subscription_id)
+        view = _views(ctx.engine, [sub])[0]
+    output(view, as_json, "\n".join(f"{k:<22} {v}" for k, v in view.items() if v is not None))
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    status: str | None = typer.Option(None, "--status"),
+    customer: str | None = typer.Option(None, "--customer"),
+    as_json: bool = JsonOption,
+) -> None:
+    """List subscriptions, optionally by status or customer."""
+    with open_context(settings()) as ctx:
+        subs = svc.list_subscriptions(ctx, status=status, customer_ref=customer)
+        rows = _views(ctx.engine, subs)
+    columns = ["id", "customer", "plan", "status", "next_billing_at", "current_period_end"]
+    output(rows, as_json, table(rows, columns))
+
+
+@app.command("cancel")
+@handle_errors
+def cancel(
+    subscription_id: int,
+    at_period_end: bool = typer.Option(False, "--at-period-end", help="Else cancel now."),
+    reason: str | None = typer.Option(None, "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Cancel now (open invoices are voided) or at the end of the paid period."""
+    with open_context(settings()) as ctx:
+        sub = svc.cancel_subscription(
+            ctx, subscription_id, at_period_end=at_period_end, reason=reason
+        )
+        view = _views(ctx.engine, [sub])[0]
+    when = "at period end" if sub.cancel_at_period_end else "now"
+    output(view, as_json, f"subscription {subscription_id} canceled {when}")
+
+
+@app.command("pause")
+@handle_errors
+def pause(
+    subscription_id: int,
+    reason: str | None = typer.Option(None, "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Pause billing; periods that start while paused are not billed."""
+    with open_context(settings()) as ctx:
+        sub = svc.pause_subscription(ctx, subscription_id, reason)
+        view = _views(ctx.engine, [sub])[0]
+    output(view, as_json, f"subscription {subscription_id} paused")
+
+
+@app.command("resume")
+@handle_errors
+def resume(
+    subscription_id: int,
+    reason: str | None = typer.Option(None, "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Resume billing from the next period start."""
+    with open_context(settings()) as ctx:
+        sub = svc.resume_subscription(ctx, subscription_id, reason)
+        view = _views(ctx.engine, [sub])[0]
+    output(view, as_json, f"subscription {subscription_id} resumed; next bill {sub.next_billing_at}")

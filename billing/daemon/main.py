@@ -1,0 +1,67 @@
+"""`billing daemon`: start, tell systemd when ready, work, and stop gracefully."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from prometheus_client import start_http_server
+
+from billing import metrics
+from billing.daemon.scheduler import build_scheduler
+from billing.daemon.sdnotify import notify
+from billing.daemon.service import Daemon
+from billing.logs import configure_logging, log_event
+from billing.settings import Settings
+from billing.wiring import node_name, open_context
+
+log = logging.getLogger("billing.daemon")
+WATCHDOG_INTERVAL_SECONDS = 10.0
+
+
+def run_daemon(cfg: Settings) -> int:
+    """Blocks until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
+    configure_logging(cfg.log_format)
+    node = node_name(cfg)
+    with open_context(cfg, actor=f"daemon:{node}") as ctx:
+        ctx.node = node
+        ctx.plexo.verify_credentials()
+        daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds)
+        daemon.install_signal_handlers()
+        if cfg.metrics_port:
+            start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
+        scheduler = build_scheduler(
+            daemon,
+            tick_seconds=cfg.tick_seconds,
+            reconcile_seconds=cfg.reconcile_seconds,
+            reaper_seconds=cfg.reaper_seconds,
+        )
+        scheduler.start()
+        log_event(
+            log,
+            "daemon.ready",
+            node=node,
+            concurrency=ctx.concurrency,
+            environment=cfg.plexo_environment,
+            metrics_port=cfg.metrics_port,
+        )
+        notify(f"READY=1\nSTATUS=billing on {node}")
+        while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
+            notify("WATCHDOG=1")
+        notify("STOPPING=1\nSTATUS=stopping: finishing in-flight charges")
+        started = time.monotonic()
+        scheduler.pause()
+        stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+        stopper.start()
+        stopper.join(cfg.stop_budget_seconds)
+        finished = not stopper.is_alive()
+        daemon.release_leases()
+        log_event(
+            log,
+            "daemon.stopped",
+            node=node,
+            graceful=finished,
+            seconds=round(time.monotonic() - started, 3),
+        )
+    return 0 if finished else 1

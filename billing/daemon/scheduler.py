@@ -1,0 +1,57 @@
+"""APScheduler 3 as a metronome only: in-memory jobs declared here, UTC, coalesced, one
+instance each. The billing schedule itself lives in our tables."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from billing.daemon.service import Daemon
+from billing.logs import log_event
+
+log = logging.getLogger("billing.daemon")
+
+
+def build_scheduler(
+    daemon: Daemon, *, tick_seconds: int, reconcile_seconds: int, reaper_seconds: int
+) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=3)},
+        timezone=UTC,
+    )
+    start = datetime.now(UTC)
+    jobs: list[tuple[str, Callable[[], Any], int]] = [
+        ("billing_pass", daemon.billing_pass, tick_seconds),
+        ("reconcile", daemon.reconcile, reconcile_seconds),
+        ("lease_reaper", daemon.lease_reaper, reaper_seconds),
+    ]
+    for job_id, func, seconds in jobs:
+        scheduler.add_job(
+            func,
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            next_run_time=start,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=seconds,
+        )
+
+    def on_error(event: JobExecutionEvent) -> None:
+        log_event(
+            log,
+            "job.failed",
+            logging.ERROR,
+            job=event.job_id,
+            error=type(event.exception).__name__,
+            detail=str(event.exception)[:300],
+        )
+
+    scheduler.add_listener(on_error, EVENT_JOB_ERROR)
+    return scheduler

@@ -1,0 +1,135 @@
+"""The daemon's jobs and its life: start, work, stop gracefully on SIGTERM.
+
+The jobs are plain methods so the demo and tests can drive them on a test clock; only
+billing/daemon/scheduler.py knows APScheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime
+from types import FrameType
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from billing import metrics
+from billing.domain.lifecycle import AttemptState, InvoiceStatus
+from billing.engine.billing_pass import RunSummary, observe, run_billing_pass, save_run
+from billing.engine.context import BillingContext
+from billing.engine.reconcile import reconcile
+from billing.logs import log_event
+from billing.store.claims import reap_expired, release_all, try_singleton
+from billing.store.db import session
+from billing.store.models import ChargeAttempt, Invoice
+
+log = logging.getLogger("billing.daemon")
+
+
+class Daemon:
+    def __init__(self, ctx: BillingContext, stop_budget_seconds: float = 30.0) -> None:
+        self.ctx = ctx
+        self.stop_budget_seconds = stop_budget_seconds
+        self.stopping = threading.Event()
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def billing_pass(self) -> RunSummary:
+        summary = run_billing_pass(self.ctx, should_stop=self.stopping.is_set)
+        if summary.did_work:
+            log_event(
+                log,
+                "billing.pass",
+                run_id=summary.run_id,
+                invoices_created=summary.invoices_created,
+                attempts=summary.attempts,
+                approved=summary.count("approved"),
+                declined=summary.count("declined"),
+                pending=summary.count("pending"),
+                unknown=summary.count("unknown"),
+            )
+        metrics.LAST_TICK.labels(job="billing_pass").set(time.time())
+        return summary
+
+    def reconcile(self) -> RunSummary:
+        started = self.ctx.clock.now()
+        started_wall = time.monotonic()
+        result = reconcile(self.ctx)
+        summary = RunSummary(kind="reconcile", as_of=started)
+        for attempt in result.results:
+            summary.add(attempt)
+            observe(attempt)
+        metrics.RUN_DURATION.labels(kind="reconcile").observe(time.monotonic() - started_wall)
+        if summary.attempts:
+            summary.run_id = save_run(self.ctx, summary, started)
+        if result.examined:
+            log_event(
+                log,
+                "billing.reconcile",
+                run_id=summary.run_id,
+                examined=result.examined,
+                resent=result.resent,
+                **{k: v for k, v in result.outcomes.items()},
+            )
+        metrics.LAST_TICK.labels(job="reconcile").set(time.time())
+        return summary
+
+    def lease_reaper(self) -> int:
+        """Singleton chore: free expired leases and refresh the backlog gauges."""
+        now = self.ctx.clock.now()
+        with self.ctx.engine.begin() as conn:
+            if not try_singleton(conn, "billing.lease_reaper"):
+                return 0
+            freed = reap_expired(self.ctx.engine, now)
+        if freed:
+            log_event(log, "lease.reaped", count=freed)
+        self.refresh_gauges(now)
+        metrics.LAST_TICK.labels(job="lease_reaper").set(time.time())
+        return freed
+
+    def refresh_gauges(self, now: datetime) -> None:
+        with session(self.ctx.engine) as s:
+            due_count, oldest_due = s.exec(
+                select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))
+                .where(Invoice.status == InvoiceStatus.open)
+                .where(col(Invoice.next_attempt_at) <= now)
+            ).one()
+            unresolved, oldest_unknown = s.exec(
+                select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
+                    col(ChargeAttempt.state).in_(
+                        [AttemptState.sending, AttemptState.unknown, AttemptState.pending]
+                    )
+                )
+            ).one()
+        metrics.DUE_BACKLOG.set(due_count)
+        metrics.DUE_OLDEST_AGE.set(_age(now, oldest_due))
+        metrics.UNKNOWN_OUTCOMES.set(unresolved)
+        metrics.UNKNOWN_OLDEST_AGE.set(_age(now, oldest_unknown))
+
+    # --- life ----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log_event(log, "daemon.stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def release_leases(self) -> int:
+        released = release_all(self.ctx.engine, self.ctx.node, self.ctx.clock.now())
+        log_event(log, "lease.released", count=released)
+        return released
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    if since is None:
+        return 0.0
+    if since.tzinfo is None:  # aggregates bypass the column type on SQLite
+        from datetime import UTC
+
+        since = since.replace(tzinfo=UTC)
+    return max(0.0, (now - since).total_seconds())

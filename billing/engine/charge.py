@@ -1,0 +1,406 @@
+"""Charge one claimed invoice: write ahead, call Plexo, classify, record.
+
+The flow reads top to bottom in `charge_invoice`. The rules that make a double charge
+impossible:
+- the attempt row (state `sending`, unique referenceId) is committed BEFORE the HTTP call;
+- no transaction or row lock is held across the call;
+- an ambiguous answer is recorded as `unknown` and only the reconciler resolves it, by asking
+  Plexo; it never sends a new referenceId for the same attempt;
+- every write after the call is guarded (attempt still unresolved, invoice still ours).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from billing.domain.declines import DeclineClass, classify_decline
+from billing.domain.lifecycle import AttemptState, InvoiceStatus, SubscriptionStatus
+from billing.engine.context import BillingContext
+from billing.engine.events import record_event
+from billing.plexo.models import PaymentRequest
+from billing.plexo.outcome import ChargeOutcome
+from billing.store.db import session
+from billing.store.models import ChargeAttempt, Customer, Invoice, PaymentInstrument, Subscription
+
+log = logging.getLogger(__name__)
+
+UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
+# First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
+FIRST_CHECK_DELAY = timedelta(seconds=5)
+# A request that was refused before any money moved (validation, auth) is tried again later.
+NOT_CHARGED_RETRY = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    invoice_id: int
+    outcome: str  # approved | declined | pending | unknown | skipped
+    amount_minor: int
+    currency: str
+    decline_class: str | None = None
+
+
+def reference_id(invoice_number: str, attempt_number: int) -> str:
+    """The Plexo referenceId of an attempt: deterministic, unique, stable across resends."""
+    return f"{invoice_number}-{attempt_number}"
+
+
+def charge_invoice(
+    ctx: BillingContext, invoice_id: int, should_stop: Callable[[], bool] = lambda: False
+) -> AttemptResult:
+    """Charge an invoice this node has claimed. Safe to call on a lost lease (does nothing)."""
+    if should_stop():
+        _release(ctx, invoice_id)
+        return AttemptResult(invoice_id, "skipped", 0, "")
+    prepared = _write_ahead(ctx, invoice_id)
+    if isinstance(prepared, AttemptResult):
+        return prepared
+    outcome = ctx.plexo.create_payment(prepared)
+    return record_outcome(ctx, prepared.reference_id, outcome, lease_owner=ctx.node)
+
+
+def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | AttemptResult:
+    """Commit the attempt row (state `sending`) and move the invoice to `charging`."""
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        invoice = s.get(Invoice, invoice_id)
+        if invoice is None or invoice.status != InvoiceStatus.open:
+            return AttemptResult(invoice_id, "skipped", 0, "")
+        if invoice.lease_owner != ctx.node:
+            return AttemptResult(invoice_id, "skipped", 0, "")
+        sub = s.get(Subscription, invoice.subscription_id)
+        customer = s.get(Customer, invoice.customer_id)
+        assert sub is not None and customer is not None
+        instrument = _instrument_for(s, sub)
+        if instrument is None or customer.plexo_id is None:
+            return _no_instrument(ctx, s, invoice, sub, now)
+        number = invoice.attempt_count + 1
+        ref = reference_id(invoice.number, number)
+        taken = s.exec(  # type: ignore[call-overload]
+            update(Invoice)
+            .where(col(Invoice.id) == invoice_id)
+            .where(col(Invoice.status) == InvoiceStatus.open)
+            .where(col(Invoice.lease_owner) == ctx.node)
+            .values(status=InvoiceStatus.charging, attempt_count=number, updated_at=now)
+        )
+        if taken.rowcount != 1:
+            s.rollback()
+            return AttemptResult(invoice_id, "skipped", 0, "")
+        s.add(
+            ChargeAttempt(
+                invoice_id=invoice_id,
+                attempt_number=number,
+                reference_id=ref,
+                state=AttemptState.sending,
+                amount_minor=invoice.amount_minor,
+                currency=invoice.currency,
+                instrument_id=instrument.id,
+                node=ctx.node,
+                created_at=now,
+            )
+        )
+        record_event(
+            s,
+            at=now,
+            entity_type="invoice",
+            entity_id=invoice_id,
+            event="attempt.sending",
+            actor=ctx.actor,
+            reference_id=ref,
+            attempt_number=number,
+        )
+        return payment_request(ctx, invoice, sub, customer.plexo_id, instrument.token, ref)
+
+
+def payment_request(
+    ctx: BillingContext,
+    invoice: Invoice,
+    sub: Subscription,
+    customer_plexo_id: str,
+    token: str,
+    ref: str,
+) -> PaymentRequest:
+    """The POST /v1/payments body of an attempt; the same for a resend of that attempt."""
+    return PaymentRequest(
+        reference_id=ref,
+        invoice_number=invoice.number,
+        customer_id=customer_plexo_id,
+        amount_minor=invoice.amount_minor,
+        currency=invoice.currency,
+        token=token,
+        metadata={
+            "subscription": str(sub.id),
+            "period": invoice.period_start.astimezone(ctx.tz).date().isoformat(),
+        },
+    )
+
+
+def _instrument_for(s: Session, sub: Subscription) -> PaymentInstrument | None:
+    """The subscription's own card if still active, else the customer's default card."""
+    if sub.instrument_id is not None:
+        chosen = s.get(PaymentInstrument, sub.instrument_id)
+        if chosen is not None and chosen.status == "active":
+            return chosen
+    return s.exec(
+        select(PaymentInstrument)
+        .where(PaymentInstrument.customer_id == sub.customer_id)
+        .where(PaymentInstrument.status == "active")
+        .order_by(col(PaymentInstrument.is_default).desc(), col(PaymentInstrument.id))
+    ).first()
+
+
+def _no_instrument(
+    ctx: BillingContext, s: Session, invoice: Invoice, sub: Subscription, now: datetime
+) -> AttemptResult:
+    """No card to charge: nothing is sent; the invoice waits for a card (dunning's job)."""
+    invoice.next_attempt_at = None
+    invoice.last_decline_code = "no-payment-instrument"
+    invoice.last_decline_class = DeclineClass.hard
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    s.add(invoice)
+    _mark_past_due(ctx, s, sub, now, "no active payment instrument")
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event="invoice.no_instrument",
+        actor=ctx.actor,
+        reason="customer has no active payment instrument",
+    )
+    return AttemptResult(
+        invoice.id, "declined", invoice.amount_minor, invoice.currency, DeclineClass.hard
+    )
+
+
+def record_outcome(
+    ctx: BillingContext,
+    ref: str,
+    outcome: ChargeOutcome,
+    *,
+    lease_owner: str,
+    check_delay: timedelta = FIRST_CHECK_DELAY,
+) -> AttemptResult:
+    """Apply Plexo's answer to the attempt, its invoice and subscription, in one transaction.
+
+    Guarded: does nothing if the attempt is already resolved or the invoice lease passed to
+    another owner (the reconciler will then ask Plexo itself).
+    """
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        invoice_id = s.exec(
+            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+        ).one()
+        # Lock order everywhere: invoice, then attempt (PostgreSQL; SQLite holds the DB lock).
+        invoice = s.get(Invoice, invoice_id, with_for_update=True)
+        attempt = s.exec(
+            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
+        ).one()
+        assert invoice is not None and invoice.id is not None and attempt.id is not None
+        result = AttemptResult(invoice.id, "skipped", attempt.amount_minor, attempt.currency)
+        if attempt.state not in UNRESOLVED or invoice.status != InvoiceStatus.charging:
+            return result
+        if invoice.lease_owner not in (lease_owner, None):
+            return result
+        sub = s.get(Subscription, invoice.subscription_id)
+        assert sub is not None
+        attempt.plexo_payment_id = outcome.payment_id or attempt.plexo_payment_id
+        text = outcome.decline_message or outcome.detail
+        attempt.message = text[:500] if text else None
+        kind = outcome.kind
+        decline_class: str | None = None
+        if kind == "approved":
+            _approve(ctx, s, attempt, invoice, sub, now)
+        elif kind == "declined":
+            decline_class = classify_decline(outcome.decline_code)
+            _decline(ctx, s, attempt, invoice, sub, outcome, decline_class, now)
+        else:
+            _leave_unresolved(ctx, s, attempt, invoice, outcome, now, check_delay)
+        s.add(attempt)
+        s.add(invoice)
+        s.add(sub)
+        return AttemptResult(
+            invoice.id, kind, attempt.amount_minor, attempt.currency, decline_class
+        )
+
+
+def _approve(
+    ctx: BillingContext,
+    s: Session,
+    attempt: ChargeAttempt,
+    invoice: Invoice,
+    sub: Subscription,
+    now: datetime,
+) -> None:
+    attempt.state = AttemptState.approved
+    attempt.resolved_at = now
+    attempt.next_check_at = None
+    invoice.status = InvoiceStatus.paid
+    invoice.paid_at = now
+    invoice.next_attempt_at = None
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    if sub.current_period_end is None or invoice.period_end > sub.current_period_end:
+        sub.current_period_start = invoice.period_start
+        sub.current_period_end = invoice.period_end
+    if sub.status in (
+        SubscriptionStatus.past_due,
+        SubscriptionStatus.trialing,
+        SubscriptionStatus.incomplete,
+    ) and not _has_other_unpaid(s, invoice):
+        _set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
+    sub.updated_at = now
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event="invoice.paid",
+        actor=ctx.actor,
+        reference_id=attempt.reference_id,
+        payment_id=attempt.plexo_payment_id,
+        amount_minor=attempt.amount_minor,
+        currency=attempt.currency,
+    )
+
+
+def _decline(
+    ctx: BillingContext,
+    s: Session,
+    attempt: ChargeAttempt,
+    invoice: Invoice,
+    sub: Subscription,
+    outcome: ChargeOutcome,
+    decline_class: str,
+    now: datetime,
+) -> None:
+    attempt.state = AttemptState.declined
+    attempt.resolved_at = now
+    attempt.next_check_at = None
+    attempt.decline_code = (outcome.decline_code or "")[:32] or None
+    attempt.decline_class = decline_class
+    invoice.status = InvoiceStatus.open
+    invoice.last_decline_code = attempt.decline_code
+    invoice.last_decline_class = decline_class
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    assert invoice.id is not None
+    if decline_class == DeclineClass.invalid_request:
+        # Refused before any money moved (our request or credentials): not the customer's
+        # fault, so no past_due; try again later.
+        invoice.next_attempt_at = now + NOT_CHARGED_RETRY
+        event, reason = "attempt.rejected", f"gateway refused the request: {attempt.decline_code}"
+    else:
+        # The retry policy (next issue) schedules further attempts from the decline class.
+        invoice.next_attempt_at = None
+        _mark_past_due(ctx, s, sub, now, f"charge declined ({attempt.decline_code})")
+        event, reason = "invoice.declined", f"declined {attempt.decline_code} ({decline_class})"
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event=event,
+        actor=ctx.actor,
+        reason=reason,
+        reference_id=attempt.reference_id,
+        decline_code=attempt.decline_code,
+        decline_class=decline_class,
+    )
+
+
+def _leave_unresolved(
+    ctx: BillingContext,
+    s: Session,
+    attempt: ChargeAttempt,
+    invoice: Invoice,
+    outcome: ChargeOutcome,
+    now: datetime,
+    delay: timedelta,
+) -> None:
+    """Pending or unknown: hand the invoice to the reconciler (lease released at once)."""
+    attempt.state = AttemptState.pending if outcome.kind == "pending" else AttemptState.unknown
+    if outcome.retry_after:
+        delay = max(delay, timedelta(seconds=outcome.retry_after))
+    attempt.next_check_at = now + delay
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event=f"attempt.{attempt.state}",
+        actor=ctx.actor,
+        reason=outcome.detail or outcome.status or None,
+        reference_id=attempt.reference_id,
+        http_status=outcome.http_status,
+        duplicate=outcome.duplicate,
+    )
+
+
+def _has_other_unpaid(s: Session, invoice: Invoice) -> bool:
+    other = s.exec(
+        select(Invoice.id)
+        .where(Invoice.subscription_id == invoice.subscription_id)
+        .where(col(Invoice.id) != invoice.id)
+        .where(col(Invoice.status).in_([InvoiceStatus.open, InvoiceStatus.charging]))
+        .where(col(Invoice.last_decline_code).is_not(None))
+    ).first()
+    return other is not None
+
+
+def _mark_past_due(
+    ctx: BillingContext, s: Session, sub: Subscription, now: datetime, reason: str
+) -> None:
+    if sub.status in (
+        SubscriptionStatus.active,
+        SubscriptionStatus.trialing,
+        SubscriptionStatus.incomplete,
+    ):
+        _set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason)
+
+
+def _set_status(
+    ctx: BillingContext,
+    s: Session,
+    sub: Subscription,
+    status: SubscriptionStatus,
+    now: datetime,
+    reason: str,
+) -> None:
+    old = sub.status
+    sub.status = status
+    sub.updated_at = now
+    s.add(sub)
+    assert sub.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="subscription",
+        entity_id=sub.id,
+        event=f"subscription.{status}",
+        actor=ctx.actor,
+        reason=reason,
+        previous=old,
+    )
+
+
+def _release(ctx: BillingContext, invoice_id: int) -> None:
+    from billing.store.claims import release_lease
+
+    release_lease(ctx.engine, invoice_id, ctx.node)

@@ -1,0 +1,26 @@
+"""What every engine operation needs, built once by the CLI or the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from billing.clock import Clock
+from billing.plexo.client import PlexoClient
+
+
+@dataclass
+class BillingContext:
+    engine: Engine
+    plexo: PlexoClient
+    clock: Clock
+    tz: ZoneInfo
+    node: str
+    actor: str
+    concurrency: int = 4
+    lease_seconds: int = 300
+    # How long an attempt Plexo has no record of waits before its referenceId is sent again.
+    resend_grace: timedelta = timedelta(seconds=30)

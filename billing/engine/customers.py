@@ -1,0 +1,446 @@
+"""Customers and their saved cards, kept in sync with Plexo.
+
+Plexo is written first and our row second, so a refusal at Plexo leaves nothing behind; if our
+write fails after Plexo accepted a new customer, the Plexo customer is deleted again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from billing.domain.cards import refuse_card_numbers
+from billing.domain.contact import (
+    normalize_email,
+    normalize_metadata,
+    normalize_phone,
+    parse_birthdate,
+)
+from billing.domain.identity import normalize_document
+from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
+from billing.engine.context import BillingContext
+from billing.engine.events import record_event
+from billing.errors import Conflict, InvalidInput, NotFound
+from billing.plexo.models import CustomerPayload, PlexoInstrument
+from billing.store.db import session
+from billing.store.models import Customer, Invoice, PaymentInstrument, Subscription
+
+ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
+CUSTOMER_STATUSES = ("active", "inactive")
+
+
+@dataclass(frozen=True)
+class CustomerInput:
+    """Validated customer fields (construct through `validate_customer`)."""
+
+    reference_id: str
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    phone: str | None = None
+    document_type: str | None = None
+    document_number: str | None = None
+    address: dict[str, str] = field(default_factory=dict)
+    birthdate: date | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    status: str = "active"
+
+
+def validate_customer(raw: dict[str, Any], today: date) -> CustomerInput:
+    """Check every field; raises InvalidInput naming the field. Card numbers are refused."""
+    for name, value in raw.items():
+        refuse_card_numbers(value, name)
+    ref = str(raw.get("reference_id") or "").strip()
+    if not ref:
+        raise InvalidInput("reference_id is required")
+    if len(ref) > 100:
+        raise InvalidInput("reference_id must be at most 100 characters")
+    if not raw.get("email"):
+        raise InvalidInput("email is required (Plexo rejects customers without one)")
+    doc_type, doc_number = raw.get("document_type"), raw.get("document_number")
+    if bool(doc_type) != bool(doc_number):
+        raise InvalidInput("document needs both a type and a number")
+    document: tuple[str | None, str | None] = (None, None)
+    if doc_type and doc_number:
+        document = normalize_document(str(doc_type), str(doc_number))
+    address = {k: str(v).strip() for k, v in (raw.get("address") or {}).items() if v}
+    unknown = sorted(set(address) - set(ADDRESS_KEYS))
+    if unknown:
+        raise InvalidInput(f"unknown address field(s) {unknown}; use {list(ADDRESS_KEYS)}")
+    status = str(raw.get("status") or "active")
+    if status not in CUSTOMER_STATUSES:
+        raise InvalidInput(f"status must be one of {list(CUSTOMER_STATUSES)} (got {status!r})")
+    birthdate = raw.get("birthdate")
+    return CustomerInput(
+        reference_id=ref,
+        email=normalize_email(str(raw["email"])),
+        first_name=_name(raw.get("first_name"), "first_name"),
+        last_name=_name(raw.get("last_name"), "last_name"),
+        phone=normalize_phone(str(raw["phone"])) if raw.get("phone") else None,
+        document_type=document[0],
+        document_number=document[1],
+        address=address,
+        birthdate=parse_birthdate(str(birthdate), today) if birthdate else None,
+        metadata=normalize_metadata(dict(raw.get("metadata") or {})),
+        status=status,
+    )
+
+
+def _name(value: object, what: str) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    if len(text) > 100:
+        raise InvalidInput(f"{what} must be at most 100 characters")
+    return text
+
+
+def _payload(data: CustomerInput) -> CustomerPayload:
+    return CustomerPayload(
+        reference_id=data.reference_id,
+        email=data.email,
+        first_name=data.first_name,
+        last_name=data.last_name,
+        phone=data.phone,
+        document=(
+            {"type": data.document_type, "value": data.document_number}
+            if data.document_type and data.document_number
+            else None
+        ),
+        address=data.address or None,
+        birthdate=data.birthdate,
+        metadata=data.metadata,
+    )
+
+
+def get_customer(s: Session, reference_id: str, *, include_deleted: bool = False) -> Customer:
+    customer = s.exec(select(Customer).where(Customer.reference_id == reference_id)).first()
+    if customer is None or (customer.status == "deleted" and not include_deleted):
+        raise NotFound(f"no customer with reference {reference_id!r}")
+    return customer
+
+
+def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        taken = s.exec(select(Customer.id).where(Customer.reference_id == data.reference_id))
+        if taken.first() is not None:
+            raise Conflict(f"a customer with reference {data.reference_id!r} already exists")
+    remote = ctx.plexo.create_customer(_payload(data))
+    try:
+        with session(ctx.engine) as s:
+            customer = Customer(plexo_id=remote.id, created_at=now, updated_at=now)
+            _apply(customer, data)
+            s.add(customer)
+            s.flush()
+            assert customer.id is not None
+            record_event(
+                s,
+                at=now,
+                entity_type="customer",
+                entity_id=customer.id,
+                event="customer.created",
+                actor=ctx.actor,
+                reference_id=data.reference_id,
+                plexo_id=remote.id,
+            )
+            return customer
+    except Exception:
+        ctx.plexo.delete_customer(remote.id)  # compensate: no orphan at Plexo
+        raise
+
+
+def _apply(customer: Customer, data: CustomerInput) -> None:
+    customer.reference_id = data.reference_id
+    customer.email = data.email
+    customer.first_name = data.first_name
+    customer.last_name = data.last_name
+    customer.phone = data.phone
+    customer.document_type = data.document_type
+    customer.document_number = data.document_number
+    customer.address = dict(data.address)
+    customer.birthdate = data.birthdate
+    customer.attributes = dict(data.metadata)
+    customer.status = data.status
+
+
+def current_input(customer: Customer) -> CustomerInput:
+    return CustomerInput(
+        reference_id=customer.reference_id,
+        email=customer.email,
+        first_name=customer.first_name,
+        last_name=customer.last_name,
+        phone=customer.phone,
+        document_type=customer.document_type,
+        document_number=customer.document_number,
+        address=dict(customer.address),
+        birthdate=customer.birthdate,
+        metadata=dict(customer.attributes),
+        status=customer.status,
+    )
+
+
+def update_customer(ctx: BillingContext, reference_id: str, changes: dict[str, Any]) -> Customer:
+    """Merge `changes` into the stored customer, validate the whole, PUT it to Plexo, store it."""
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        merged = {**_raw(current_input(customer)), **changes}
+    data = validate_customer(merged, now.astimezone(ctx.tz).date())
+    if data.reference_id != reference_id:
+        raise InvalidInput("reference_id cannot be changed")
+    assert customer.plexo_id is not None
+    ctx.plexo.update_customer(customer.plexo_id, _payload(data))
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        _apply(customer, data)
+        customer.updated_at = now
+        s.add(customer)
+        assert customer.id is not None
+        record_event(
+            s,
+            at=now,
+            entity_type="customer",
+            entity_id=customer.id,
+            event="customer.updated",
+            actor=ctx.actor,
+            fields=sorted(changes),
+        )
+        return customer
+
+
+def _raw(data: CustomerInput) -> dict[str, Any]:
+    raw = {k: v for k, v in data.__dict__.items()}
+    raw["birthdate"] = data.birthdate.isoformat() if data.birthdate else None
+    return raw
+
+
+def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) -> Customer:
+    """DELETE at Plexo, cancel the subscriptions, keep the billing history."""
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        plexo_id = customer.plexo_id
+    if plexo_id:
+        ctx.plexo.delete_customer(plexo_id)
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        assert customer.id is not None
+        customer.status = "deleted"
+        customer.deleted_at = now
+        customer.updated_at = now
+        s.add(customer)
+        subs = s.exec(
+            select(Subscription)
+            .where(Subscription.customer_id == customer.id)
+            .where(Subscription.status != SubscriptionStatus.canceled)
+        ).all()
+        for sub in subs:
+            sub.status = SubscriptionStatus.canceled
+            sub.canceled_at = now
+            sub.next_billing_at = None
+            sub.updated_at = now
+            s.add(sub)
+            assert sub.id is not None
+            record_event(
+                s,
+                at=now,
+                entity_type="subscription",
+                entity_id=sub.id,
+                event="subscription.canceled",
+                actor=ctx.actor,
+                reason="customer deleted",
+            )
+        for invoice in s.exec(
+            select(Invoice)
+            .where(Invoice.customer_id == customer.id)
+            .where(Invoice.status == InvoiceStatus.open)
+        ).all():
+            invoice.status = InvoiceStatus.void
+            invoice.next_attempt_at = None
+            invoice.updated_at = now
+            s.add(invoice)
+        for instrument in s.exec(
+            select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
+        ).all():
+            instrument.status = "removed"
+            instrument.is_default = False
+            instrument.updated_at = now
+            s.add(instrument)
+        record_event(
+            s,
+            at=now,
+            entity_type="customer",
+            entity_id=customer.id,
+            event="customer.deleted",
+            actor=ctx.actor,
+            reason=reason,
+            subscriptions_canceled=len(subs),
+        )
+        return customer
+
+
+def list_customers(ctx: BillingContext, *, include_deleted: bool = False) -> list[Customer]:
+    with session(ctx.engine) as s:
+        query = select(Customer).order_by(col(Customer.id))
+        if not include_deleted:
+            query = query.where(Customer.status != "deleted")
+        return list(s.exec(query).all())
+
+
+# --- instruments -------------------------------------------------------------------------
+
+
+def link_instrument(ctx: BillingContext, reference_id: str) -> str:
+    """Open a Plexo tokenization session; returns the hosted URL for the customer."""
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+    assert customer.plexo_id is not None
+    ref = f"tok-{customer.reference_id}-{int(ctx.clock.now().timestamp())}"
+    return ctx.plexo.create_tokenization_session(customer.plexo_id, ref).url
+
+
+def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInstrument]:
+    """Mirror the customer's saved cards from Plexo: new tokens added, vanished ones removed."""
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+    assert customer.plexo_id is not None and customer.id is not None
+    remote = {i.token: i for i in ctx.plexo.list_instruments(customer.plexo_id)}
+    for token in remote:
+        refuse_card_numbers(token, "instrument token")
+    with session(ctx.engine) as s:
+        local = {
+            i.token: i
+            for i in s.exec(
+                select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
+            ).all()
+        }
+        for token, item in remote.items():
+            row = local.get(token) or PaymentInstrument(
+                customer_id=customer.id, token=token, created_at=now
+            )
+            _apply_instrument(row, item)
+            row.updated_at = now
+            s.add(row)
+        for token, row in local.items():
+            if token not in remote and row.status != "removed":
+                row.status = "removed"
+                row.is_default = False
+                row.updated_at = now
+                s.add(row)
+        s.flush()
+        _ensure_default(s, customer.id)
+        record_event(
+            s,
+            at=now,
+            entity_type="customer",
+            entity_id=customer.id,
+            event="instruments.synced",
+            actor=ctx.actor,
+            count=len(remote),
+        )
+    return list_instruments(ctx, reference_id)
+
+
+def _apply_instrument(row: PaymentInstrument, item: PlexoInstrument) -> None:
+    row.brand = item.brand
+    row.bin = item.bin
+    row.last4 = item.last4
+    row.card_type = item.card_type
+    row.exp_month = item.exp_month
+    row.exp_year = item.exp_year
+    row.status = "active" if (item.status or "active") == "active" else "removed"
+
+
+def _ensure_default(s: Session, customer_id: int) -> None:
+    active = s.exec(
+        select(PaymentInstrument)
+        .where(PaymentInstrument.customer_id == customer_id)
+        .where(PaymentInstrument.status == "active")
+        .order_by(col(PaymentInstrument.id))
+    ).all()
+    if active and not any(i.is_default for i in active):
+        active[0].is_default = True
+        s.add(active[0])
+
+
+def list_instruments(
+    ctx: BillingContext, reference_id: str, *, include_removed: bool = False
+) -> list[PaymentInstrument]:
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        query = select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
+        if not include_removed:
+            query = query.where(PaymentInstrument.status == "active")
+        return list(s.exec(query.order_by(col(PaymentInstrument.id))).all())
+
+
+def _find_instrument(s: Session, customer: Customer, which: str) -> PaymentInstrument:
+    """An instrument by our id or by its token, refusing anything shaped like a card number."""
+    refuse_card_numbers(which, "instrument")
+    query = select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
+    if which.isdigit() and len(which) < 12:
+        query = query.where(PaymentInstrument.id == int(which))
+    else:
+        query = query.where(PaymentInstrument.token == which)
+    found = s.exec(query).first()
+    if found is None or found.status != "active":
+        raise NotFound(f"customer {customer.reference_id!r} has no active instrument {which!r}")
+    return found
+
+
+def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> PaymentInstrument:
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        instrument = _find_instrument(s, customer, which)
+    assert customer.plexo_id is not None
+    ctx.plexo.delete_instrument(customer.plexo_id, instrument.token)
+    with session(ctx.engine) as s:
+        row = s.get(PaymentInstrument, instrument.id)
+        assert row is not None and customer.id is not None and row.id is not None
+        row.status = "removed"
+        row.is_default = False
+        row.updated_at = now
+        s.add(row)
+        s.flush()
+        _ensure_default(s, customer.id)
+        record_event(
+            s,
+            at=now,
+            entity_type="instrument",
+            entity_id=row.id,
+            event="instrument.removed",
+            actor=ctx.actor,
+            last4=row.last4,
+        )
+        return row
+
+
+def set_default_instrument(
+    ctx: BillingContext, reference_id: str, which: str
+) -> PaymentInstrument:
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        customer = get_customer(s, reference_id)
+        chosen = _find_instrument(s, customer, which)
+        for row in s.exec(
+            select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
+        ).all():
+            row.is_default = row.id == chosen.id
+            row.updated_at = now
+            s.add(row)
+        assert chosen.id is not None
+        record_event(
+            s,
+            at=now,
+            entity_type="instrument",
+            entity_id=chosen.id,
+            event="instrument.default",
+            actor=ctx.actor,
+        )
+        return chosen

@@ -1,0 +1,76 @@
+"""Build the engine context from settings: the one place that wires store, gateway and clock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from billing.clock import Clock, SystemClock
+from billing.engine.context import BillingContext
+from billing.errors import ConfigError
+from billing.metrics import gateway_observer
+from billing.plexo.client import PlexoClient
+from billing.settings import Settings
+from billing.store.db import make_engine
+from billing.store.migrate import is_at_head
+
+SANDBOX_DEFAULT_HOST = "127.0.0.1"
+SANDBOX_DEFAULT_PORT = 8765
+
+
+def plexo_base_url(cfg: Settings) -> str:
+    """The configured gateway, or the address `billing sandbox` listens on by default."""
+    return cfg.plexo_base_url or f"http://{SANDBOX_DEFAULT_HOST}:{SANDBOX_DEFAULT_PORT}"
+
+
+def node_name(cfg: Settings) -> str:
+    return cfg.node_name or f"{os.uname().nodename}-{os.getpid()}"
+
+
+def make_plexo_client(cfg: Settings, base_url: str | None = None) -> PlexoClient:
+    return PlexoClient(
+        base_url or plexo_base_url(cfg),
+        cfg.plexo_client_id,
+        cfg.plexo_api_key.get_secret_value(),
+        cfg.plexo_merchant_id,
+        timeout=cfg.plexo_timeout_seconds,
+        on_response=gateway_observer,
+    )
+
+
+@contextmanager
+def open_context(
+    cfg: Settings,
+    *,
+    actor: str = "cli",
+    clock: Clock | None = None,
+    plexo: PlexoClient | None = None,
+    require_schema: bool = True,
+) -> Iterator[BillingContext]:
+    """Engine + gateway client + clock for one command or daemon; closes what it opened."""
+    if clock is not None and not isinstance(clock, SystemClock) and cfg.is_production:
+        raise ConfigError("a test clock is refused when BILLING_PLEXO_ENVIRONMENT is production")
+    engine = make_engine(cfg.database_url)
+    client = plexo or make_plexo_client(cfg)
+    try:
+        if require_schema and not is_at_head(cfg.database_url):
+            raise ConfigError(
+                "the database schema is not at the latest revision; run `billing db upgrade`"
+            )
+        yield BillingContext(
+            engine=engine,
+            plexo=client,
+            clock=clock or SystemClock(),
+            tz=cfg.tz,
+            node=node_name(cfg),
+            actor=actor,
+            concurrency=cfg.concurrency,
+            lease_seconds=cfg.lease_seconds,
+            resend_grace=timedelta(seconds=cfg.resend_grace_seconds),
+        )
+    finally:
+        if plexo is None:
+            client.close()
+        engine.dispose()

@@ -1,0 +1,543 @@
+"""Settings of the daemon and the CLI: environment, an optional TOML file, systemd credentials.
+
+Precedence, highest first:
+
+1. a ``BILLING_*`` environment variable (``BILLING_CONCURRENCY=8``);
+2. the TOML file named by ``load_settings(config_path=...)`` or ``$BILLING_CONFIG``
+   (flat keys, the field names: ``concurrency = 8``; see config/billing.example.toml);
+3. a systemd credential, ``$CREDENTIALS_DIRECTORY/plexo_api_key`` (``LoadCredential=``);
+4. the built-in default.
+
+``load_settings`` is the entry point for the daemon and the CLI: it applies that order, refuses
+unknown keys and variables (a typo must not fall back to a default silently) and turns every
+validation error into one ``ConfigError`` that names the variable or key, never a secret value.
+``Settings()`` on its own is plain pydantic-settings (arguments > environment > credential >
+default, no file), for code that needs nothing more.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, Literal, TypedDict, get_args
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from billing.errors import ConfigError
+
+ENV_PREFIX = "BILLING_"
+CONFIG_ENV = "BILLING_CONFIG"
+"""Names the TOML file; not a setting itself, so the unknown-variable check skips it."""
+SANDBOX_CLIENT_ID = "sandbox-client"
+SANDBOX_API_KEY = "sandbox-key"
+CREDENTIAL_FIELDS = ("plexo_api_key",)
+"""Settings that systemd may hand over as ``$CREDENTIALS_DIRECTORY/<name>``."""
+MASK = "********"
+
+PlexoEnvironment = Literal["sandbox", "testing", "production"]
+LogFormat = Literal["json", "logfmt"]
+Origin = Literal["default", "env", "file", "credential", "explicit"]
+"""Where a value came from; "explicit" = passed to ``Settings()`` directly (env or argument)."""
+
+# Set while load_settings builds the model from layers it has already merged, so that no
+# pydantic-settings source reads os.environ behind the environ it was given.
+_LAYERED: ContextVar[bool] = ContextVar("billing_settings_layered", default=False)
+
+_HOSTNAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``concurrency`` -> ``BILLING_CONCURRENCY``."""
+    return ENV_PREFIX + field.upper()
+
+
+def state_directory(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the embedded database lives: systemd's StateDirectory, else ./.state (not created)."""
+    env = os.environ if environ is None else environ
+    # systemd joins several StateDirectory= entries with ':'; the first one is ours.
+    first = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if first else Path.cwd() / ".state"
+
+
+def default_database_url(environ: Mapping[str, str] | None = None) -> str:
+    """The SQLite file in the state directory, created here on first use (never at import)."""
+    directory = state_directory(environ)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the state directory {directory}: {exc.strerror}"
+        ) from None
+    return f"sqlite:///{directory / 'billing.sqlite3'}"
+
+
+def default_node_name() -> str:
+    """Lease owner name: unique per process, readable in the invoice table."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def read_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """Secrets from systemd ``LoadCredential=``: one file per setting, named like the TOML key."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    found: dict[str, str] = {}
+    for name in CREDENTIAL_FIELDS:
+        path = Path(directory) / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"credential {name}: cannot read {path} ({reason})") from None
+        # `echo key > file` and editors leave a trailing newline that is not part of the key.
+        found[name] = text.strip()
+    return found
+
+
+def _invalid(reason: str) -> PydanticCustomError:
+    """A validation error whose message is the reason alone (load_settings adds the name)."""
+    return PydanticCustomError("billing_setting", reason)
+
+
+def _is_production(info: ValidationInfo) -> bool:
+    return info.data.get("plexo_environment") == "production"
+
+
+class Settings(BaseSettings):
+    """Every knob of the daemon and the CLI; config/billing.example.toml explains each one.
+
+    Field order matters: the Plexo checks read ``plexo_environment`` and the lease check reads
+    ``plexo_timeout_seconds`` from the fields validated before them.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,  # the production checks must see the sandbox defaults too
+        hide_input_in_errors=True,  # str(ValidationError) could otherwise print the API key
+    )
+
+    # repr=False: a PostgreSQL URL may carry a password; describe() shows it masked.
+    database_url: str = Field(default_factory=default_database_url, repr=False)
+    plexo_environment: PlexoEnvironment = "sandbox"
+    plexo_base_url: str | None = None
+    """None means the built-in sandbox (in-process simulator), refused in production."""
+    plexo_client_id: str = SANDBOX_CLIENT_ID
+    plexo_api_key: SecretStr = SecretStr(SANDBOX_API_KEY)
+    plexo_merchant_id: int = Field(default=1, gt=0)
+    plexo_timeout_seconds: float = Field(default=30.0, gt=0)
+    timezone: str = "America/Montevideo"
+    concurrency: int = Field(default=4, ge=1, le=64)
+    lease_seconds: int = Field(default=300, gt=0)
+    tick_seconds: int = Field(default=60, gt=0)
+    reconcile_seconds: int = Field(default=60, gt=0)
+    reaper_seconds: int = Field(default=60, gt=0)
+    stop_budget_seconds: int = Field(default=30, gt=0)
+    node_name: str = Field(default_factory=default_node_name, max_length=128)  # lease_owner column
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    log_format: LogFormat = "json"
+
+    _origins: dict[str, Origin] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Direct use reads env and credentials; load_settings passes everything as arguments."""
+        if _LAYERED.get():
+            return (init_settings,)
+        return (init_settings, env_settings, _CredentialSource(settings_cls))
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not urlsplit(value).scheme or "://" not in value:
+            raise _invalid(
+                "must be a database URL such as sqlite:////var/lib/billing/billing.sqlite3 "
+                "or postgresql+psycopg://user@host/billing"
+            )
+        return value
+
+    @field_validator("plexo_base_url", mode="before")
+    @classmethod
+    def _blank_base_url_means_sandbox(cls, value: object) -> object:
+        # `BILLING_PLEXO_BASE_URL=` in a unit file reads as "no URL", i.e. the built-in sandbox.
+        return None if value == "" else value
+
+    @field_validator("plexo_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if _is_production(info):
+                raise _invalid(
+                    "production needs the real Plexo API (https://api.plexo.com.uy); "
+                    "the built-in sandbox is for sandbox and testing only"
+                )
+            return None
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise _invalid("must be an http:// or https:// URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _invalid("must be an http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise _invalid("must not carry a query or a fragment")
+        if _is_production(info) and parts.scheme != "https":
+            raise _invalid("production requires https")
+        return value.rstrip("/")  # the client appends /v1/...
+
+    @field_validator("plexo_client_id")
+    @classmethod
+    def _check_client_id(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise _invalid("must not be empty")
+        if value == SANDBOX_CLIENT_ID and _is_production(info):
+            raise _invalid(
+                f"is the sandbox default {SANDBOX_CLIENT_ID!r}; production needs the client id "
+                "Plexo issued"
+            )
+        return value
+
+    @field_validator("plexo_api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        key = value.get_secret_value()
+        if not key:
+            raise _invalid("must not be empty")
+        if any(char.isspace() for char in key):
+            raise _invalid("must not contain whitespace (a stray space or newline?)")
+        if key == SANDBOX_API_KEY and _is_production(info):
+            raise _invalid(
+                "is the sandbox default; production needs the key Plexo issued (environment, "
+                "config file or the plexo_api_key credential)"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise _invalid(
+                "is not a known IANA time zone such as America/Montevideo or UTC"
+            ) from None
+        return value
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _check_lease(cls, value: int, info: ValidationInfo) -> int:
+        timeout = info.data.get("plexo_timeout_seconds")
+        if timeout is not None and value <= timeout:
+            # Otherwise another node may reclaim an invoice while its charge is still in flight.
+            raise _invalid(
+                f"must be longer than BILLING_PLEXO_TIMEOUT_SECONDS ({timeout:g} s) so that "
+                "no other node takes over a charge still in flight"
+            )
+        return value
+
+    @field_validator("node_name")
+    @classmethod
+    def _check_node_name(cls, value: str) -> str:
+        if not value.strip():
+            raise _invalid("must not be empty")
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _check_metrics_address(cls, value: str) -> str:
+        try:
+            ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.match(value):
+                raise _invalid("must be an IP address or a host name such as 127.0.0.1") from None
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.plexo_environment == "production"
+
+    @property
+    def sandbox_builtin(self) -> bool:
+        """True when no base URL is set: the client talks to the in-process sandbox."""
+        return self.plexo_base_url is None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The merchant's time zone, in which business dates are computed."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_port != 0
+
+    @property
+    def origins(self) -> dict[str, Origin]:
+        """Where each value came from; load_settings tracks it, direct use knows only set/unset."""
+        if self._origins is not None:
+            return dict(self._origins)
+        return {
+            field: "explicit" if field in self.model_fields_set else "default"
+            for field in type(self).model_fields
+        }
+
+
+class _CredentialSource(PydanticBaseSettingsSource):
+    """systemd credentials for direct ``Settings()`` use (load_settings reads them itself)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns every credential at once
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(read_credentials(os.environ))
+
+
+FIELDS = tuple(Settings.model_fields)
+SECRET_FIELDS = frozenset(
+    name for name, info in Settings.model_fields.items() if info.annotation is SecretStr
+)
+
+
+def load_settings(
+    config_path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from env > TOML file > credential > default; ConfigError on any problem.
+
+    ``environ`` defaults to ``os.environ``; tests pass their own so the real one never leaks in.
+    """
+    env = os.environ if environ is None else environ
+    env_values = _env_values(env)
+    named = config_path if config_path is not None else env.get(CONFIG_ENV)
+    path = Path(named) if named else None
+    file_values = _file_values(path) if path is not None else {}
+
+    values: dict[str, Any] = {}
+    origins: dict[str, Origin] = dict.fromkeys(FIELDS, "default")
+    layers: tuple[tuple[Origin, Mapping[str, object]], ...] = (
+        ("credential", read_credentials(env)),
+        ("file", file_values),
+        ("env", env_values),
+    )
+    for origin, layer in layers:  # lowest precedence first: each later layer overwrites
+        for field, value in layer.items():
+            values[field] = value
+            origins[field] = origin
+    if "database_url" not in values:  # from `env`, not from the os.environ a factory would read
+        values["database_url"] = default_database_url(env)
+
+    token = _LAYERED.set(True)
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        # from None: the chained ValidationError would carry the raw (maybe secret) inputs.
+        raise ConfigError(_explain(exc, origins, path, env)) from None
+    finally:
+        _LAYERED.reset(token)
+    settings._origins = origins
+    return settings
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """BILLING_* variables by field name (case-insensitive, like pydantic-settings)."""
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, raw in environ.items():
+        name = key.upper()
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        field = name.removeprefix(ENV_PREFIX).lower()
+        if field in Settings.model_fields:
+            values[field] = raw
+        else:
+            close = difflib.get_close_matches(field, FIELDS, n=1)
+            hint = f"; did you mean {env_name(close[0])}?" if close else ""
+            unknown.append(f"{name}: unknown setting{hint}")
+    if unknown:
+        raise ConfigError("\n".join(sorted(unknown)))
+    return values
+
+
+def _file_values(path: Path) -> dict[str, object]:
+    """The TOML file's keys, refusing unknown ones; a file that was named must exist."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    problems: list[str] = []
+    for key, value in data.items():
+        if key in Settings.model_fields:
+            continue
+        if key == "billing" and isinstance(value, dict):
+            problems.append(
+                f"billing (in {path}): put the keys at the top level of the file, "
+                "not under a [billing] table"
+            )
+        else:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{key}: unknown key in {path}{hint}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return data
+
+
+def _explain(
+    exc: ValidationError,
+    origins: Mapping[str, Origin],
+    path: Path | None,
+    environ: Mapping[str, str],
+) -> str:
+    """One line per bad value: who set it (variable, key or credential), why, and what it was."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        origin = origins.get(field, "default")
+        if origin == "file":
+            label = f"{field} (in {path})"
+        elif origin == "credential":
+            label = f"credential {field} ({Path(environ['CREDENTIALS_DIRECTORY']) / field})"
+        else:
+            label = env_name(field) if field else "settings"
+        line = f"{label}: {_reason(error, field)}"
+        if field not in SECRET_FIELDS and error.get("input") is not None:
+            line += f" (got {_shown(field, error['input'])})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _reason(error: Any, field: str) -> str:
+    kind = error["type"]
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "must be a whole number"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return "must be a number"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        low, high = _bounds(Settings.model_fields[field])
+        if low is not None and high is not None:
+            return f"must be between {low} and {high}"
+    message = re.sub(r"^(Input|String) should", "must", str(error["msg"]))
+    if kind == "literal_error" and isinstance(error["input"], str):
+        given = error["input"].strip().lower()
+        choices = [str(c) for c in get_args(Settings.model_fields[field].annotation)]
+        close = [c for c in choices if given and c.startswith(given)]
+        close = close or difflib.get_close_matches(given, choices, n=1)
+        message += f"; did you mean {close[0]!r}?" if close else ""
+    return message
+
+
+def _bounds(info: FieldInfo) -> tuple[object | None, object | None]:
+    """Inclusive bounds of a field (``ge``/``le``), to say "between 1 and 64" in one go."""
+    low = high = None
+    for item in info.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
+
+
+def _shown(field: str, value: object) -> str:
+    if field == "database_url" and isinstance(value, str):
+        value = mask_url_password(value)
+    text = value if isinstance(value, str) and value and value == value.strip() else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with its password (if any) replaced by the mask, for display and messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(unparsable URL hidden)"
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+class SettingView(TypedDict):
+    """One line of ``billing config show``."""
+
+    env: str
+    value: str | int | float | None
+    source: Origin
+
+
+def describe(settings: Settings) -> dict[str, object]:
+    """Every setting by TOML key: env name, display value (secrets masked) and origin."""
+    return dict(_views(settings))
+
+
+def describe_text(settings: Settings) -> str:
+    """``BILLING_X = value  (source)`` lines, aligned, for humans."""
+    rows = [
+        (view["env"], _text(field, view["value"]), view["source"])
+        for field, view in _views(settings).items()
+    ]
+    env_width = max(len(env) for env, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows)
+    return "\n".join(
+        f"{env:<{env_width}} = {value:<{value_width}}  ({source})" for env, value, source in rows
+    )
+
+
+def _views(settings: Settings) -> dict[str, SettingView]:
+    origins = settings.origins
+    return {
+        field: {
+            "env": env_name(field),
+            "value": _display(settings, field),
+            "source": origins[field],
+        }
+        for field in FIELDS
+    }
+
+
+def _display(settings: Settings, field: str) -> str | int | float | None:
+    value = getattr(settings, field)
+    if isinstance(value, SecretStr):
+        return MASK if value.get_secret_value() else "(unset)"
+    if field == "database_url":
+        return mask_url_password(value)
+    plain: str | int | float | None = value  # every other setting is one of these
+    return plain
+
+
+def _text(field: str, value: str | int | float | None) -> str:
+    if value is None:
+        return "(built-in sandbox)" if field == "plexo_base_url" else "(none)"
+    return str(value)

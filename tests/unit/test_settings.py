@@ -47,8 +47,9 @@ def config_error(**kwargs: object) -> str:
     with pytest.raises(ConfigError) as caught:
         load_settings(**kwargs)  # type: ignore[arg-type]
     # A chained ValidationError would print raw inputs (maybe the API key) in a traceback.
-    assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__
+    error = caught.value
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
     return str(caught.value)
 
 

@@ -1,0 +1,78 @@
+"""Engine and session set-up: SQLite pragmas and write locks up front, PostgreSQL via psycopg 3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlmodel import Session
+
+_SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout=30000",  # wait for the write lock instead of failing at once
+    "PRAGMA journal_mode=WAL",  # readers do not block the writer
+    "PRAGMA synchronous=NORMAL",  # durable at checkpoints; safe with WAL
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def normalize_url(url: str) -> str:
+    """Spell a PostgreSQL URL with the psycopg 3 driver; leave every other URL as given."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the billing database (SQLite file or PostgreSQL)."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own BEGIN is deferred (a reader that later writes can deadlock on upgrade);
+        # switch it off and emit our own BEGIN IMMEDIATE below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Every transaction takes the write lock up front, so writers queue on busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def dialect_name(engine: Engine) -> str:
+    """'sqlite' or 'postgresql'."""
+    return engine.dialect.name
+
+
+@contextmanager
+def session(engine: Engine) -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back when it raises."""
+    with Session(engine, expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise

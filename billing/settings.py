@@ -46,7 +46,15 @@ from billing.errors import ConfigError
 
 ENV_PREFIX = "BILLING_"
 CONFIG_ENV = "BILLING_CONFIG"
-"""Names the TOML file; not a setting itself, so the unknown-variable check skips it."""
+NOT_SETTINGS = frozenset(
+    {
+        CONFIG_ENV,  # names the TOML file
+        "BILLING_PROGRESS",  # CLI: force progress output (billing/cli/common.py)
+        "BILLING_DEMO_DIR",  # `billing demo` working directory (billing/cli/demo.py)
+        "BILLING_TEST_PG_URL",  # the tests' PostgreSQL server (tests/conftest.py)
+    }
+)
+"""BILLING_* variables that other parts read; the unknown-variable check leaves them alone."""
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_API_KEY = "sandbox-key"
 CREDENTIAL_FIELDS = ("plexo_api_key",)
@@ -156,6 +164,7 @@ class Settings(BaseSettings):
     tick_seconds: int = Field(default=60, gt=0)
     reconcile_seconds: int = Field(default=60, gt=0)
     reaper_seconds: int = Field(default=60, gt=0)
+    resend_grace_seconds: int = Field(default=30, gt=0)
     stop_budget_seconds: int = Field(default=30, gt=0)
     node_name: str = Field(default_factory=default_node_name, max_length=128)  # lease_owner column
     metrics_address: str = "127.0.0.1"
@@ -373,7 +382,7 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
     unknown: list[str] = []
     for key, raw in environ.items():
         name = key.upper()
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         field = name.removeprefix(ENV_PREFIX).lower()
         if field in Settings.model_fields:

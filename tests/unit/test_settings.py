@@ -72,6 +72,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.plexo_timeout_seconds == 30
     assert (settings.lease_seconds, settings.tick_seconds) == (300, 60)
     assert (settings.reconcile_seconds, settings.reaper_seconds) == (60, 60)
+    assert settings.resend_grace_seconds == 30
     assert settings.stop_budget_seconds == 30
     assert settings.node_name == f"{socket.gethostname()}-{os.getpid()}"
     assert (settings.metrics_address, settings.metrics_port) == ("127.0.0.1", 9464)
@@ -253,6 +254,11 @@ def test_unknown_env_var_without_close_match() -> None:
 def test_billing_config_is_not_an_unknown_setting(tmp_path: Path) -> None:
     path = write(tmp_path / "b.toml", "")
     assert load_settings(environ={"BILLING_CONFIG": str(path)}).concurrency == 4
+
+
+def test_variables_other_parts_read_are_not_unknown_settings() -> None:
+    env = {"BILLING_TEST_PG_URL": "postgresql://pg/x", "BILLING_PROGRESS": "1"}
+    assert load_settings(environ=env).concurrency == 4
 
 
 def test_unknown_toml_key_is_refused_with_suggestion(tmp_path: Path) -> None:

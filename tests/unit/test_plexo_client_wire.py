@@ -117,7 +117,7 @@ def test_customer_payload_body_is_camel_case() -> None:
         first_name="Ana",
         last_name="Pérez",
         phone="+59899123456",
-        document={"type": "CI", "value": "12345672"},  # type: ignore[arg-type]
+        document={"type": "CI", "value": "12345672"},
         address={"line1": "Av. 18 de Julio 1234", "postal_code": "11200"},
         birthdate=date(1990, 5, 1),
         metadata={"plan": "gold"},
@@ -329,7 +329,7 @@ def _request(**changes: object) -> PaymentRequest:
         "metadata": {"subscription": "42", "period": "2025-07-01"},
     }
     fields.update(changes)
-    return PaymentRequest(**fields)  # type: ignore[arg-type]
+    return PaymentRequest(**fields)
 
 
 def test_payment_body_is_the_minimal_recurring_charge() -> None:

@@ -219,17 +219,15 @@ class PlexoClient:
         except httpx.HTTPError as exc:
             return ChargeOutcome("unknown", detail=self._scrub(f"transport error: {exc!r}"))
         except Exception as exc:  # the request may have left: only Plexo can tell
-            log.warning("plexo.payment_send_failed", extra={"event": "plexo.payment_send_failed"})
-            return ChargeOutcome("unknown", detail=self._scrub(f"send failed: {exc!r}"))
+            detail = self._scrub(f"send failed: {exc!r}")
+            log.warning(detail, extra={"event": "plexo.payment_send_failed"})
+            return ChargeOutcome("unknown", detail=detail)
         try:
             return self._payment_outcome(response, request.reference_id)
         except Exception as exc:  # a surprise in the answer must not lose the attempt
-            log.warning("plexo.payment_answer_unreadable", extra={"event": "plexo.bad_answer"})
-            return ChargeOutcome(
-                "unknown",
-                http_status=response.status_code,
-                detail=self._scrub(f"unreadable answer: {type(exc).__name__}"),
-            )
+            detail = self._scrub(f"unreadable answer: {exc!r}")
+            log.warning(detail, extra={"event": "plexo.payment_answer_unreadable"})
+            return ChargeOutcome("unknown", http_status=response.status_code, detail=detail)
 
     def _payment_outcome(self, response: httpx.Response, reference_id: str) -> ChargeOutcome:
         status = response.status_code

@@ -128,8 +128,14 @@ def outcome_from_error(
         where += f" (trace {envelope.trace_id})"
     message = envelope.message if envelope else None
 
-    def unknown(why: str, **extra: Any) -> ChargeOutcome:
-        return ChargeOutcome("unknown", http_status=http_status, detail=f"{why}: {where}", **extra)
+    def unknown(why: str, *, duplicate: bool = False) -> ChargeOutcome:
+        return ChargeOutcome(
+            "unknown",
+            http_status=http_status,
+            retry_after=retry_after,  # 429 and 503 may carry one; honour it either way
+            duplicate=duplicate,
+            detail=f"{why}: {where}",
+        )
 
     def declined(decline_code: str, *, not_charged: bool) -> ChargeOutcome:
         return ChargeOutcome(
@@ -142,7 +148,7 @@ def outcome_from_error(
         )
 
     if http_status == 429:
-        return unknown("rate limited", retry_after=retry_after)
+        return unknown("rate limited")
     if code == DUPLICATE_REFERENCE or (http_status == 409 and code and "duplicate" in code):
         return unknown("a payment with this referenceId exists", duplicate=True)
     if http_status >= 500 or http_status < 400:

@@ -431,6 +431,14 @@ def test_rate_limited_is_unknown_with_retry_after(
     assert outcome.http_status == 429
 
 
+def test_unavailable_with_retry_after_is_unknown_and_keeps_the_hint(
+    client: PlexoClient, gateway: Recorder
+) -> None:
+    gateway.answer(503, None, headers={"Retry-After": "120"})
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.retry_after, outcome.http_status) == ("unknown", 120.0, 503)
+
+
 @pytest.mark.parametrize(
     ("http_status", "body"),
     [

@@ -139,7 +139,10 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._httpd.serve_forever, name="plexo-sandbox", daemon=True
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.1},  # how soon stop() is noticed
+                name="plexo-sandbox",
+                daemon=True,
             )
             self._thread.start()
         return self

@@ -228,6 +228,6 @@ def test_timeout_hang_seconds_come_from_the_plan_or_the_fault() -> None:
 )
 def test_bad_fault_requests_are_refused(mode: str, params: dict[str, int]) -> None:
     with pytest.raises(InvalidInput):
-        FaultPlan().queue(mode, **params)
+        FaultPlan().queue(mode, "POST /v1/payments", 1, **params)
     with pytest.raises(InvalidInput):
         FaultPlan().set_probability("error_before", 1.5)

@@ -10,7 +10,7 @@ from alembic import command
 from sqlalchemy import inspect, text
 
 from billing.store import migrate
-from billing.store.db import make_engine
+from billing.store.db import make_engine, normalize_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -112,3 +112,27 @@ def test_sqlite_transactions_take_the_write_lock_up_front(sqlite_url: str) -> No
     finally:
         other.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@db:5432/billing", "postgresql+psycopg://u:p@db:5432/billing"),
+        ("postgresql://u@db/billing", "postgresql+psycopg://u@db/billing"),
+        ("postgresql+psycopg://u@db/billing", "postgresql+psycopg://u@db/billing"),
+        ("sqlite:////var/lib/billing/billing.db", "sqlite:////var/lib/billing/billing.db"),
+    ],
+)
+def test_database_urls_use_psycopg_3(given: str, expected: str) -> None:
+    assert normalize_url(given) == expected
+
+
+def test_sqlite_file_gets_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "nested" / "billing.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert path.is_file()

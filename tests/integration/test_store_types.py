@@ -113,3 +113,20 @@ def test_event_log_refuses_truncate_on_postgresql(pg_url: str) -> None:
             conn.execute(text("TRUNCATE event"))
     finally:
         engine.dispose()
+
+
+def test_session_commits_on_success_and_rolls_back_on_error(engine: Engine) -> None:
+    with session(engine) as s:
+        s.add(Plan(**_plan_row(datetime(2025, 1, 1, tzinfo=UTC))))
+    with pytest.raises(RuntimeError, match="boom"), session(engine) as s:
+        plan = s.get(Plan, 1)
+        assert plan is not None
+        plan.name = "Renamed"
+        s.add(plan)
+        s.flush()
+        raise RuntimeError("boom")
+
+    with session(engine) as s:
+        plan = s.get(Plan, 1)
+        assert plan is not None
+        assert plan.name == "Basic"

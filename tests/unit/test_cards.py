@@ -1,0 +1,123 @@
+"""Card numbers are refused wherever they hide, and never echoed back."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing.domain.cards import looks_like_card_number, luhn_valid, refuse_card_numbers
+from billing.errors import InvalidInput
+
+# Plexo's documented Luhn-valid test cards (plexo-api.md 3.2), a 13- and a 19-digit number.
+TEST_CARDS = [
+    "4444333322221111",
+    "4507990000004905",
+    "4000000000000002",
+    "4000000000000010",
+    "4222222222222",
+    "6011000000000000001",
+]
+# Documented Plexo test cards that fail Luhn (checked by hand: 5555444433332222 sums to 66).
+NON_LUHN_TEST_CARDS = ["5555444433332222", "5588220000000006"]
+
+
+def luhn_check_digit(body: str) -> str:
+    """Independent Luhn: the digit that makes body+digit valid."""
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:  # doubled positions, counted from the check digit's left neighbour
+            d = sum(divmod(d * 2, 10))
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+@pytest.mark.parametrize("number", TEST_CARDS)
+def test_known_cards_pass_luhn(number: str) -> None:
+    assert luhn_valid(number)
+    assert looks_like_card_number(number)
+
+
+@pytest.mark.parametrize("value", ["", "abc", "4444333322221112", "١٢٣", "4444 3333"])
+def test_luhn_rejects(value: str) -> None:
+    assert not luhn_valid(value)
+
+
+@pytest.mark.parametrize("number", NON_LUHN_TEST_CARDS)
+def test_documented_test_cards_are_refused_despite_failing_luhn(number: str) -> None:
+    assert not luhn_valid(number)
+    assert looks_like_card_number(f"use {number[:4]} {number[4:8]} {number[8:12]} {number[12:]}")
+
+
+@given(st.text(alphabet="0123456789", min_size=12, max_size=18))
+def test_luhn_accepts_exactly_one_check_digit(body: str) -> None:
+    good = luhn_check_digit(body)
+    for digit in "0123456789":
+        assert luhn_valid(body + digit) == (digit == good)
+    assert looks_like_card_number(body + good)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4444 3333 2222 1111",
+        "4444-3333-2222-1111",
+        "card 4444 3333 2222 1111 thanks",
+        "pan:4507990000004905.",
+        "4444 3333 2222 1111 12/27",  # followed by more digits in the same run
+        "99 4444 3333 2222 1111",
+        "ids 4444333322221111 5555444433332222",
+    ],
+)
+def test_embedded_and_formatted_numbers_are_found(text: str) -> None:
+    assert looks_like_card_number(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4444 3333 2222",  # 12 digits
+        "4444333322221112",  # Luhn fails
+        "+598 99 123 456",  # a phone number
+        "sub-42-2025-07-a1",
+        "2025-07-01T10:00:00Z",
+        "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",  # a Plexo token
+        "12345678901234567890123",  # one unbroken 23-digit identifier
+        "4444  3333  2222  1111",  # double spaces split it into short runs
+    ],
+)
+def test_ordinary_values_pass(text: str) -> None:
+    assert not looks_like_card_number(text)
+
+
+def test_refuse_walks_nested_structures_without_echoing() -> None:
+    payload = {"plan": "gold", "notes": ["ok", {"deep": ("x", "4444 3333 2222 1111")}]}
+    with pytest.raises(InvalidInput) as caught:
+        refuse_card_numbers(payload, "metadata")
+    message = str(caught.value)
+    assert message == (
+        "metadata looks like a card number; store a Plexo token, never a card number"
+    )
+    assert "4444" not in message and "1111" not in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"4444333322221111": "x"},  # a key
+        4444333322221111,  # a JSON number
+        ["a", "b", "4507-9900-0000-4905"],
+    ],
+)
+def test_refuse_finds_keys_numbers_and_lists(value: object) -> None:
+    with pytest.raises(InvalidInput, match=r"^note looks like a card number"):
+        refuse_card_numbers(value, "note")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 3, "hello", {"a": "b", "n": 5}, ["x", ("y",)], "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"],
+)
+def test_refuse_lets_clean_values_through(value: object) -> None:
+    refuse_card_numbers(value, "field")

@@ -7,13 +7,15 @@ from typing import Any
 import typer
 
 from billing.cli.common import JsonOption, handle_errors, output, settings, table
-from billing.wiring import open_context
 from billing.engine import customers as svc
 from billing.errors import InvalidInput
 from billing.store.models import Customer, PaymentInstrument
+from billing.wiring import open_context
 
 app = typer.Typer(help="Customers, mirrored at Plexo.", no_args_is_help=True)
-instruments_app = typer.Typer(help="Saved cards (Plexo tokens) of a customer.", no_args_is_help=True)
+instruments_app = typer.Typer(
+    help="Saved cards (Plexo tokens) of a customer.", no_args_is_help=True
+)
 
 
 def customer_view(c: Customer) -> dict[str, Any]:
@@ -209,7 +211,9 @@ def list_(
     """List customers."""
     with open_context(settings()) as ctx:
         rows = [customer_view(c) for c in svc.list_customers(ctx, include_deleted=include_deleted)]
-    output(rows, as_json, table(rows, ["reference_id", "email", "first_name", "last_name", "status"]))
+    output(
+        rows, as_json, table(rows, ["reference_id", "email", "first_name", "last_name", "status"])
+    )
 
 
 @app.command("delete")

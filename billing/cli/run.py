@@ -79,13 +79,17 @@ def run(
 ) -> None:
     """Run one billing pass and a reconciler sweep, and print their summary."""
     if not once:
-        raise InvalidInput("only `billing run --once` is supported; use `billing daemon` to keep going")
+        raise InvalidInput(
+            "only `billing run --once` is supported; use `billing daemon` to keep going"
+        )
     cfg = settings()
     clock: Clock | None = None
     if as_of is not None:
         moment = parse_as_of(as_of)
         if cfg.is_production:
-            raise ConfigError("--as-of (a test clock) is refused when the environment is production")
+            raise ConfigError(
+                "--as-of (a test clock) is refused when the environment is production"
+            )
         clock = TestClock(moment)
     with open_context(cfg, actor="cli:run", clock=clock) as ctx:
         daemon = Daemon(ctx)

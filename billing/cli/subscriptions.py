@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,12 +10,12 @@ import typer
 from sqlmodel import select
 
 from billing.cli.common import JsonOption, handle_errors, output, settings, table
-from billing.wiring import open_context
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
 from billing.errors import InvalidInput
 from billing.store.db import session
 from billing.store.models import Customer, Plan, Subscription
+from billing.wiring import open_context
 
 plans_app = typer.Typer(help="Plans: price, currency and billing interval.", no_args_is_help=True)
 app = typer.Typer(help="Subscriptions of customers to plans.", no_args_is_help=True)
@@ -63,8 +63,7 @@ def parse_start(text: str, tz: ZoneInfo) -> datetime:
     """A date means local midnight in the merchant zone; a datetime must carry its offset."""
     try:
         if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d").date()
-            return datetime.combine(day, time(0), tzinfo=tz)
+            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz)
         value = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(f"start {text!r} is not an ISO date or datetime") from None
@@ -201,4 +200,6 @@ def resume(
     with open_context(settings()) as ctx:
         sub = svc.resume_subscription(ctx, subscription_id, reason)
         view = _views(ctx.engine, [sub])[0]
-    output(view, as_json, f"subscription {subscription_id} resumed; next bill {sub.next_billing_at}")
+    output(
+        view, as_json, f"subscription {subscription_id} resumed; next bill {sub.next_billing_at}"
+    )

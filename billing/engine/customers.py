@@ -421,9 +421,7 @@ def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> Pay
         return row
 
 
-def set_default_instrument(
-    ctx: BillingContext, reference_id: str, which: str
-) -> PaymentInstrument:
+def set_default_instrument(ctx: BillingContext, reference_id: str, which: str) -> PaymentInstrument:
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)

@@ -69,10 +69,10 @@ def invoice_due_periods(ctx: BillingContext, subscription_id: int, now: datetime
         created: list[Invoice] = []
         for index in indices:
             start, end = period_bounds(sub.anchor_at, interval, plan.interval_count, index, ctx.tz)
-            if sub.cancel_at_period_end and sub.current_period_end is not None:
-                if start >= sub.current_period_end:
-                    cancel_at = start
-                    break
+            ends = sub.current_period_end
+            if sub.cancel_at_period_end and ends is not None and start >= ends:
+                cancel_at = start
+                break
             created.append(
                 Invoice(
                     number=new_invoice_number(),

@@ -188,7 +188,7 @@ def _change(
 def cancel_subscription(
     ctx: BillingContext, subscription_id: int, *, at_period_end: bool, reason: str | None
 ) -> Subscription:
-    """Now: stop billing and void open invoices. At period end: bill nothing past the paid period."""
+    """Now: stop billing, void open invoices. At period end: bill nothing after the paid period."""
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)
@@ -206,7 +206,7 @@ def cancel_subscription(
                 event="subscription.cancel_scheduled",
                 actor=ctx.actor,
                 reason=reason,
-                at=sub.current_period_end.isoformat(),
+                effective_at=sub.current_period_end.isoformat(),
             )
             return sub
         _change(ctx, s, sub, SubscriptionStatus.canceled, reason, "subscription.canceled")
@@ -224,7 +224,9 @@ def cancel_subscription(
         return sub
 
 
-def pause_subscription(ctx: BillingContext, subscription_id: int, reason: str | None) -> Subscription:
+def pause_subscription(
+    ctx: BillingContext, subscription_id: int, reason: str | None
+) -> Subscription:
     """Paused subscriptions are not invoiced; periods that start while paused are skipped."""
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)

@@ -10,6 +10,7 @@ Modes (the "after" ones record the state change first, so the reconcile path get
 | `timeout_after` | hang `hang_seconds` (plan default 30) and close without bytes  | yes       |
 | `drop_after`    | close the connection without a response                        | yes       |
 | `rate_limit`    | 429 with `Retry-After: retry_after` (default 1)                | no        |
+| `query_lag`     | a payment query answers an empty page (the index lags behind)  | n/a       |
 
 A route is `"METHOD /path"` where a `{name}` or `*` segment matches any one segment, the method
 may be `*`, and `None` or `"*"` matches every API route. `/sandbox/*` control routes never fault.
@@ -34,6 +35,7 @@ MODES: tuple[str, ...] = (
     "timeout_after",
     "drop_after",
     "rate_limit",
+    "query_lag",
 )
 
 # Parameters each mode takes, with their defaults (None: taken from the plan at pick time).
@@ -44,6 +46,7 @@ _PARAMS: dict[str, dict[str, float | int | None]] = {
     "timeout_after": {"hang_seconds": None},
     "drop_after": {},
     "rate_limit": {"retry_after": 1},
+    "query_lag": {},
 }
 _ERROR_AFTER_STATUSES = frozenset({500, 502, 503, 504})
 DEFAULT_ROUTE = "POST /v1/payments"

@@ -421,6 +421,8 @@ class PlexoSimulator:
             fault = self.faults.pick(request.method, path)
             if fault is not None and fault.mode in {"error_before", "rate_limit"}:
                 return self._fault_before(fault)
+            if fault is not None and fault.mode == "query_lag":
+                return self._json_response(200, {"items": [], "page": 1, "size": 0, "total": 0})
             response = self._dispatch(self._api_routes, request, path)
             return response if fault is None else self._fault_after(fault, response)
         except ApiError as exc:

@@ -9,6 +9,9 @@ from billing.errors import InvalidInput
 
 # ISO-4217 minor digits of the currencies Plexo settles.
 CURRENCY_DIGITS: dict[str, int] = {"UYU": 2, "USD": 2}
+# Largest amount accepted, in minor units: far above any real charge, far below the 28 digits
+# of Decimal's default context, so no arithmetic here ever rounds.
+MAX_MINOR = 10**15
 
 
 def check_currency(code: str) -> str:
@@ -28,7 +31,7 @@ class Money:
     def __post_init__(self) -> None:
         if type(self.minor) is not int:
             raise TypeError("Money.minor must be an int (minor units)")
-        check_currency(self.currency)
+        object.__setattr__(self, "currency", check_currency(self.currency))
 
     def major(self) -> Decimal:
         return to_major(self.minor, self.currency)
@@ -45,13 +48,18 @@ def parse_amount(text: str | Decimal | int, currency: str) -> int:
     currency = check_currency(currency)
     if isinstance(text, float):
         raise InvalidInput("amount must be given as text or Decimal, never a float")
+    raw = str(text).strip()
+    if not raw or len(raw) > 32 or "_" in raw or not raw.isascii():
+        raise InvalidInput(f"amount {text!r} is not a number (plain digits, '.' for decimals)")
     try:
-        value = Decimal(str(text).strip())
+        value = Decimal(raw)
     except InvalidOperation:
         raise InvalidInput(f"amount {text!r} is not a number") from None
     if not value.is_finite():
         raise InvalidInput(f"amount {text!r} is not a finite number")
     digits = CURRENCY_DIGITS[currency]
+    if abs(value) >= Decimal(MAX_MINOR).scaleb(-digits):
+        raise InvalidInput(f"amount {text} is too large")
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     if -exponent > digits and value != value.quantize(Decimal(1).scaleb(-digits)):
@@ -66,12 +74,18 @@ def parse_amount(text: str | Decimal | int, currency: str) -> int:
 def to_major(minor: int, currency: str) -> Decimal:
     """Minor units to a Decimal in major units with exactly the currency's decimals."""
     digits = CURRENCY_DIGITS[check_currency(currency)]
+    if abs(minor) >= MAX_MINOR:
+        raise InvalidInput(f"amount of {minor} minor units is too large")
     return Decimal(minor).scaleb(-digits).quantize(Decimal(1).scaleb(-digits))
 
 
 def from_major(value: Decimal, currency: str) -> int:
     """A Decimal in major units (e.g. from a gateway body) to minor units; refuses sub-minor."""
     digits = CURRENCY_DIGITS[check_currency(currency)]
+    if not value.is_finite():
+        raise InvalidInput(f"amount {value} is not a finite number")
+    if abs(value) >= Decimal(MAX_MINOR).scaleb(-digits):
+        raise InvalidInput(f"amount {value} is too large")
     scaled = value.scaleb(digits)
     if scaled != scaled.to_integral_value():
         raise InvalidInput(f"amount {value} has more than {digits} decimals for {currency}")

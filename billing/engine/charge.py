@@ -82,7 +82,7 @@ def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | Attem
             return _no_instrument(ctx, s, invoice, sub, now)
         number = invoice.attempt_count + 1
         ref = reference_id(invoice.number, number)
-        taken = s.exec(  # type: ignore[call-overload]
+        taken = s.exec(
             update(Invoice)
             .where(col(Invoice.id) == invoice_id)
             .where(col(Invoice.status) == InvoiceStatus.open)

@@ -132,7 +132,13 @@ def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
     remote = ctx.plexo.create_customer(_payload(data))
     try:
         with session(ctx.engine) as s:
-            customer = Customer(plexo_id=remote.id, created_at=now, updated_at=now)
+            customer = Customer(
+                reference_id=data.reference_id,
+                email=data.email,
+                plexo_id=remote.id,
+                created_at=now,
+                updated_at=now,
+            )
             _apply(customer, data)
             s.add(customer)
             s.flush()

@@ -102,7 +102,7 @@ def invoice_due_periods(ctx: BillingContext, subscription_id: int, now: datetime
                 status=SubscriptionStatus.canceled, canceled_at=cancel_at, next_billing_at=None
             )
         # Compare-and-set: only the node that moves next_period_index from `first` invoices.
-        moved = s.exec(  # type: ignore[call-overload]
+        moved = s.exec(
             update(Subscription)
             .where(col(Subscription.id) == subscription_id)
             .where(col(Subscription.next_period_index) == first)

@@ -94,7 +94,7 @@ def _take_lease(ctx: BillingContext, ref: str, now: datetime) -> int | None:
         invoice_id = s.exec(
             select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
         ).one()
-        taken = s.exec(  # type: ignore[call-overload]
+        taken = s.exec(
             update(Invoice)
             .where(col(Invoice.id) == invoice_id)
             .where(col(Invoice.status) == InvoiceStatus.charging)
@@ -192,7 +192,7 @@ def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta,
         attempt.next_check_at = now + delay
         attempt.message = why[:500]
         s.add(attempt)
-        s.exec(  # type: ignore[call-overload]
+        s.exec(
             update(Invoice)
             .where(col(Invoice.id) == attempt.invoice_id)
             .where(col(Invoice.lease_owner) == ctx.node)
@@ -202,7 +202,7 @@ def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta,
 
 def _bump_checks(ctx: BillingContext, ref: str) -> None:
     with session(ctx.engine) as s:
-        s.exec(  # type: ignore[call-overload]
+        s.exec(
             update(ChargeAttempt)
             .where(col(ChargeAttempt.reference_id) == ref)
             .values(check_count=ChargeAttempt.check_count + 1)

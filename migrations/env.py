@@ -55,6 +55,9 @@ CONFIGURE: dict[str, Any] = {
 }
 
 
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('plexo-billing:migrations'))"
+
+
 def run_migrations_offline() -> None:
     context.configure(
         url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"}, **CONFIGURE
@@ -80,6 +83,10 @@ def run_migrations_online() -> None:
                 _sqlite_foreign_keys(connection, False)
             context.configure(connection=connection, **CONFIGURE)
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Daemons starting together: the second waits here, then reads the version
+                    # the first wrote and has nothing to do. (SQLite: BEGIN IMMEDIATE does this.)
+                    connection.exec_driver_sql(MIGRATION_LOCK)
                 context.run_migrations()
                 if sqlite:
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

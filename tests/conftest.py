@@ -49,7 +49,7 @@ def pg_admin_url() -> str:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         shown = make_url(url).render_as_string(hide_password=True)
-        reason = f"PostgreSQL not reachable at {shown}: {str(exc).strip()}"
+        reason = f"PostgreSQL not reachable at {shown}: {' '.join(str(exc).split())}"
         if _in_ci():
             pytest.fail(reason + f" (CI=true: set {PG_ADMIN_URL_ENV} or start the server)")
         pytest.skip(reason)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,21 @@ def test_sqlite_file_gets_its_directory(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert path.is_file()
+
+
+@pytest.mark.postgres
+def test_daemons_starting_together_migrate_once(pg_url: str) -> None:
+    """Two processes upgrading at once: one migrates, the other waits and finds nothing to do."""
+    code = "import sys; from billing.store.migrate import upgrade; upgrade(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    failures = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            failures.append(stderr[-2000:])
+
+    assert failures == []
+    assert migrate.is_at_head(pg_url)

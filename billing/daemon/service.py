@@ -23,7 +23,7 @@ from billing.engine.context import BillingContext
 from billing.engine.reconcile import reconcile
 from billing.logs import log_event
 from billing.store.claims import reap_expired, release_all, try_singleton
-from billing.store.db import session
+from billing.store.db import dialect_name, session
 from billing.store.models import ChargeAttempt, Invoice
 
 log = logging.getLogger("billing.daemon")
@@ -80,10 +80,14 @@ class Daemon:
     def lease_reaper(self) -> int:
         """Singleton chore: free expired leases and refresh the backlog gauges."""
         now = self.ctx.clock.now()
-        with self.ctx.engine.begin() as conn:
-            if not try_singleton(conn, "billing.lease_reaper"):
-                return 0
+        if dialect_name(self.ctx.engine) == "sqlite":
+            # One daemon per SQLite file, and a held BEGIN IMMEDIATE would block the reap itself.
             freed = reap_expired(self.ctx.engine, now)
+        else:
+            with self.ctx.engine.begin() as conn:  # the advisory lock lives as long as this tx
+                if not try_singleton(conn, "billing.lease_reaper"):
+                    return 0
+                freed = reap_expired(self.ctx.engine, now)
         if freed:
             log_event(log, "lease.reaped", count=freed)
         self.refresh_gauges(now)

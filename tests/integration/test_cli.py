@@ -1,0 +1,229 @@
+"""The `billing` command end to end (in-process CLI, sandbox over real HTTP, SQLite store).
+
+Bad input: a clear message, a non-zero exit, and nothing written — neither in our tables nor
+at the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import MetaData, func, select
+from typer.testing import CliRunner
+
+from billing.cli.main import app
+from billing.sandbox.server import SandboxServer
+from billing.sandbox.simulator import PlexoSimulator
+from billing.store.db import make_engine
+from billing.store.migrate import upgrade
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    db_url: str
+    simulator: PlexoSimulator
+    sandbox_url: str
+
+    def __call__(self, *args: str, extra_env: dict[str, str] | None = None) -> Any:
+        runner = CliRunner()
+        return runner.invoke(app, list(args), env={**self.env, **(extra_env or {})})
+
+    def ok(self, *args: str) -> Any:
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def snapshot(self) -> dict[str, int]:
+        """Row counts of every table plus what the sandbox holds: 'nothing written' evidence."""
+        engine = make_engine(self.db_url)
+        meta = MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            counts = {
+                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for name, table in meta.tables.items()
+            }
+        engine.dispose()
+        with httpx.Client(base_url=self.sandbox_url) as http:
+            counts["sandbox_payments"] = len(http.get("/sandbox/payments").json())
+            auth = ("sandbox-client", "sandbox-key")
+            counts["sandbox_customers"] = len(http.get("/v1/customers", auth=auth).json())
+        return counts
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    db_url = f"sqlite:///{tmp_path / 'billing.sqlite3'}"
+    upgrade(db_url)
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in __import__("os").environ if k.startswith("BILLING_")]:
+        monkeypatch.delenv(key)
+    simulator = PlexoSimulator()
+    with SandboxServer(simulator) as server:
+        env = {
+            "BILLING_DATABASE_URL": db_url,
+            "BILLING_PLEXO_BASE_URL": server.url,
+            "BILLING_TIMEZONE": "America/Montevideo",
+        }
+        yield Cli(env, db_url, simulator, server.url)
+
+
+def seed(cli: Cli) -> None:
+    cli.ok("customers", "create", "--reference-id", "cus-1", "--email", "ana@example.com")
+    cli.ok(
+        "plans", "create", "--code", "basic", "--name", "Basic", "--amount", "590",
+        "--currency", "UYU",
+    )  # fmt: skip
+
+
+def refused(cli: Cli, args: list[str], message: str, env: dict[str, str] | None = None) -> None:
+    before = cli.snapshot()
+    result = cli(*args, extra_env=env)
+    assert result.exit_code != 0, result.output
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert cli.snapshot() == before, "refused input changed something"
+
+
+def test_card_number_in_a_customer_field_is_refused(cli: Cli) -> None:
+    args = ["customers", "create", "--reference-id", "cus-9", "--email", "x@example.com"]
+    refused(
+        cli,
+        [*args, "--first-name", "4444 3333 2222 1111"],
+        "first_name looks like a card number",
+    )
+    refused(cli, [*args, "--metadata", "note=4444333322221111"], "looks like a card number")
+    result = cli(*args, "--first-name", "4444333322221111")
+    assert "4444333322221111" not in result.output, "the number must never be echoed"
+
+
+def test_amount_with_too_many_decimals_is_refused(cli: Cli) -> None:
+    refused(
+        cli,
+        ["plans", "create", "--code", "x", "--name", "X", "--amount", "5.999", "--currency", "UYU"],
+        "more than 2 decimal places",
+    )
+
+
+def test_unsupported_currency_is_refused(cli: Cli) -> None:
+    refused(
+        cli,
+        ["plans", "create", "--code", "x", "--name", "X", "--amount", "5", "--currency", "EUR"],
+        "unsupported currency 'EUR'",
+    )
+
+
+def test_unknown_plan_is_refused(cli: Cli) -> None:
+    seed(cli)
+    refused(
+        cli,
+        ["subscriptions", "create", "--customer", "cus-1", "--plan", "nope"],
+        "no plan with code 'nope'",
+    )
+
+
+def test_naive_as_of_is_refused(cli: Cli) -> None:
+    refused(cli, ["run", "--once", "--as-of", "2026-03-01T00:00:00"], "has no timezone")
+
+
+def test_as_of_is_refused_in_production(cli: Cli) -> None:
+    production = {
+        "BILLING_PLEXO_ENVIRONMENT": "production",
+        "BILLING_PLEXO_BASE_URL": "https://api.plexo.com.uy",
+        "BILLING_PLEXO_CLIENT_ID": "1234",
+        "BILLING_PLEXO_API_KEY": "0123456789abcdef0123456789abcdef",
+    }
+    refused(
+        cli, ["run", "--once", "--as-of", "2026-03-01T00:00:00+00:00"], "production", production
+    )
+
+
+def test_duplicate_customer_reference_is_refused(cli: Cli) -> None:
+    seed(cli)
+    refused(
+        cli,
+        ["customers", "create", "--reference-id", "cus-1", "--email", "other@example.com"],
+        "already exists",
+    )
+
+
+def test_unknown_config_key_is_refused(cli: Cli, tmp_path: Path) -> None:
+    refused(cli, ["customers", "list"], "BILLING_CONCURENCY", {"BILLING_CONCURENCY": "4"})
+    config = tmp_path / "billing.toml"
+    config.write_text("concurency = 4\n")
+    refused(cli, ["--config", str(config), "customers", "list"], "concurency")
+
+
+def test_bad_document_check_digit_is_refused(cli: Cli) -> None:
+    refused(
+        cli,
+        [
+            "customers", "create", "--reference-id", "cus-9", "--email", "x@example.com",
+            "--document-type", "CI", "--document-number", "1.234.567-3",
+        ],
+        "check digit",
+    )  # fmt: skip
+
+
+def test_a_merchant_bills_a_customer_through_the_cli(cli: Cli) -> None:
+    created = cli.ok(
+        "customers", "create", "--reference-id", "cus-ana", "--email", "Ana@Example.com",
+        "--first-name", "Ana", "--document-type", "CI", "--document-number", "1.234.567-2",
+        "--address-city", "Montevideo", "--birthdate", "1990-05-01", "--metadata", "tier=gold",
+    )  # fmt: skip
+    assert created["plexo_id"] and created["document"] == {"type": "CI", "number": "12345672"}
+    link = cli.ok("instruments", "link", "cus-ana")
+    session_id = link["url"].rstrip("/").rsplit("/", 1)[-1]
+    with httpx.Client(base_url=cli.sandbox_url) as http:
+        http.post(
+            f"/sandbox/sessions/{session_id}/complete",
+            json={"cardNumber": "4444333322221111", "expMonth": 12, "expYear": 2031},
+        ).raise_for_status()
+    cards = cli.ok("instruments", "sync", "cus-ana")
+    assert [(c["last4"], c["default"]) for c in cards] == [("1111", True)]
+    cli.ok("plans", "create", "--code", "basic", "--name", "Basic", "--amount", "590.50",
+           "--currency", "UYU")  # fmt: skip
+    sub = cli.ok(
+        "subscriptions", "create", "--customer", "cus-ana", "--plan", "basic",
+        "--start", "2026-01-31",
+    )  # fmt: skip
+    assert sub["status"] == "active"
+    first = cli.ok("run", "--once", "--as-of", "2026-01-31T12:00:00+00:00")
+    assert first["billing_pass"]["outcomes"]["approved"]["amounts"] == {"UYU": "590.50"}
+    second = cli.ok("run", "--once", "--as-of", "2026-03-01T12:00:00-03:00")
+    assert second["billing_pass"]["invoices_created"] == 1  # Feb 28 (clamped), not March
+    again = cli.ok("run", "--once", "--as-of", "2026-03-01T12:00:00-03:00")
+    assert again["billing_pass"]["attempts"] == 0
+    listed = cli.ok("subscriptions", "list", "--status", "active")
+    assert [s["customer"] for s in listed] == ["cus-ana"]
+    approved = [p for p in cli.simulator.payments() if p["status"] == "approved"]
+    assert [p["amount"]["total"] for p in approved] == ["590.50", "590.50"]
+    cli.ok("customers", "delete", "cus-ana", "--reason", "asked to leave")
+    assert cli.ok("subscriptions", "show", str(sub["id"]))["status"] == "canceled"
+    assert cli.ok("customers", "list") == []
+    shown = cli.ok("customers", "show", "cus-ana")
+    assert shown["status"] == "deleted"
+
+
+def test_config_show_masks_the_api_key(cli: Cli) -> None:
+    result = cli("config", "show", "--json", extra_env={"BILLING_PLEXO_API_KEY": "sk_SECRET_42"})
+    assert result.exit_code == 0, result.output
+    assert "sk_SECRET_42" not in result.output
+
+
+def test_check_passes_against_the_sandbox_and_fails_on_bad_credentials(cli: Cli) -> None:
+    good = cli("check", "--json")
+    assert good.exit_code == 0, good.output
+    assert json.loads(good.stdout)["ok"] is True
+    bad = cli("check", "--json", extra_env={"BILLING_PLEXO_API_KEY": "wrong-key"})
+    assert bad.exit_code == 1
+    checks = {c["check"]: c for c in json.loads(bad.stdout)["checks"]}
+    assert checks["credentials"]["ok"] is False
+    assert "wrong-key" not in bad.output

@@ -1,0 +1,170 @@
+"""Engine behaviour around one subscription's life, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import col, select
+
+from billing.engine import subscriptions
+from billing.engine.billing_pass import run_billing_pass
+from billing.engine.reconcile import reconcile
+from billing.store.db import session
+from billing.store.models import BillingRun, ChargeAttempt, Event, Invoice, Subscription
+from billing.testing import ensure_plan, ledger, seed_subscriptions
+from tests.integration.conftest import START, Env
+
+
+def sub_of(env: Env, sub_id: int) -> Subscription:
+    with session(env.ctx.engine) as s:
+        found = s.get(Subscription, sub_id)
+        assert found is not None
+        return found
+
+
+def invoices_of(env: Env, sub_id: int) -> list[Invoice]:
+    with session(env.ctx.engine) as s:
+        return list(
+            s.exec(
+                select(Invoice)
+                .where(Invoice.subscription_id == sub_id)
+                .order_by(col(Invoice.period_index))
+            ).all()
+        )
+
+
+def test_soft_decline_marks_past_due_and_keeps_the_invoice_open(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, card="4000000000000010")
+    summary = run_billing_pass(env.ctx)
+    assert summary.count("declined") == 1
+    assert summary.totals["declined"]["decline_classes"] == {"soft": 1}
+    assert sub_of(env, sub_id).status == "past_due"
+    [invoice] = invoices_of(env, sub_id)
+    assert (invoice.status, invoice.last_decline_code, invoice.last_decline_class) == (
+        "open",
+        "51",
+        "soft",
+    )
+    assert invoice.next_attempt_at is None  # the retry policy (next issue) schedules retries
+    assert invoice.lease_owner is None
+    with session(env.ctx.engine) as s:
+        events = [e.event for e in s.exec(select(Event).order_by(col(Event.id))).all()]
+    assert "subscription.past_due" in events and "invoice.declined" in events
+
+
+def test_hard_decline_is_classified_hard(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, card="4000000000000119")
+    run_billing_pass(env.ctx)
+    [invoice] = invoices_of(env, sub_id)
+    assert (invoice.last_decline_code, invoice.last_decline_class) == ("43", "hard")
+
+
+def test_pending_payment_settles_through_the_reconciler(env: Env) -> None:
+    ensure_plan(env.ctx)
+    env.simulator.pending_polls = 2
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, card="4000000000000259")
+    summary = run_billing_pass(env.ctx)
+    assert summary.count("pending") == 1
+    for _ in range(6):
+        env.clock.advance(timedelta(minutes=1))
+        reconcile(env.ctx)
+    [invoice] = invoices_of(env, sub_id)
+    assert invoice.status == "paid"
+    assert ledger(env.ctx)["unresolved"] == []
+
+
+def test_monthly_periods_clamp_to_month_end_and_each_is_billed_once(env: Env) -> None:
+    ensure_plan(env.ctx)
+    jan31 = START.replace(month=1, day=31, hour=15)  # 12:00 in Montevideo
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=jan31)
+    env.clock.set(jan31 + timedelta(days=95))
+    run_billing_pass(env.ctx)
+    run_billing_pass(env.ctx)
+    starts = [
+        i.period_start.astimezone(env.ctx.tz).date().isoformat() for i in invoices_of(env, sub_id)
+    ]
+    assert starts == ["2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]
+    assert {i.status for i in invoices_of(env, sub_id)} == {"paid"}
+    sub = sub_of(env, sub_id)
+    assert sub.current_period_end is not None
+    assert sub.current_period_end.astimezone(env.ctx.tz).date().isoformat() == "2026-05-31"
+
+
+def test_cancel_at_period_end_bills_nothing_after_the_paid_period(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    run_billing_pass(env.ctx)
+    subscriptions.cancel_subscription(env.ctx, sub_id, at_period_end=True, reason="test")
+    env.clock.set(START + timedelta(days=70))
+    run_billing_pass(env.ctx)
+    assert len(invoices_of(env, sub_id)) == 1
+    assert sub_of(env, sub_id).status == "canceled"
+
+
+def test_pause_skips_periods_and_resume_bills_from_the_next_start(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    run_billing_pass(env.ctx)
+    subscriptions.pause_subscription(env.ctx, sub_id, reason="holiday")
+    env.clock.set(START + timedelta(days=45))
+    run_billing_pass(env.ctx)
+    assert len(invoices_of(env, sub_id)) == 1
+    resumed = subscriptions.resume_subscription(env.ctx, sub_id, reason="back")
+    assert resumed.next_billing_at is not None and resumed.next_billing_at > env.clock.now()
+    env.clock.set(resumed.next_billing_at)
+    run_billing_pass(env.ctx)
+    assert [i.period_index for i in invoices_of(env, sub_id)] == [0, 2]
+
+
+def test_trial_delays_the_first_charge(env: Env) -> None:
+    subscriptions.create_plan(
+        env.ctx, code="trial", name="Trial", amount="100", currency="USD", interval="month",
+        trial_days=14,
+    )  # fmt: skip
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="trial", start=START)
+    assert sub_of(env, sub_id).status == "trialing"
+    run_billing_pass(env.ctx)
+    assert invoices_of(env, sub_id) == []
+    env.clock.set(START + timedelta(days=14))
+    run_billing_pass(env.ctx)
+    assert [i.status for i in invoices_of(env, sub_id)] == ["paid"]
+    assert sub_of(env, sub_id).status == "active"
+
+
+def test_no_card_means_no_call_and_past_due(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1)
+    from billing.engine.customers import remove_instrument
+
+    remove_instrument(env.ctx, "cus-00000", "1")
+    run_billing_pass(env.ctx)
+    assert env.simulator.payments() == []
+    [invoice] = invoices_of(env, sub_id)
+    assert invoice.last_decline_code == "no-payment-instrument"
+    assert sub_of(env, sub_id).status == "past_due"
+
+
+def test_a_pass_that_did_work_is_a_billing_run_with_totals_per_currency(env: Env) -> None:
+    ensure_plan(env.ctx)
+    ensure_plan(env.ctx, code="usd", amount="19.90", currency="USD")
+    seed_subscriptions(env.ctx, env.sandbox_url, 2, start=START)
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="usd", start=START, prefix="u")
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, card="4000000000000010", prefix="d")
+    summary = run_billing_pass(env.ctx)
+    idle = run_billing_pass(env.ctx)
+    assert idle.run_id is None, "a pass that did nothing leaves no run row"
+    with session(env.ctx.engine) as s:
+        [run] = s.exec(select(BillingRun)).all()
+        attempts = s.exec(select(ChargeAttempt)).all()
+    assert run.id == summary.run_id and run.node == "test-node" and run.kind == "pass"
+    assert run.invoices_created == 4 and run.attempts == 4
+    assert run.totals["approved"]["amounts"] == {"UYU": 118000, "USD": 1990}
+    assert run.totals["declined"] == {
+        "count": 1,
+        "amounts": {"UYU": 59000},
+        "decline_classes": {"soft": 1},
+    }
+    assert run.started_at is not None and run.finished_at is not None
+    assert {a.node for a in attempts} == {"test-node"}

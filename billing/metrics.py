@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -63,3 +70,31 @@ def gateway_observer(route: str, status: int | None, seconds: float) -> None:
     """Hook for PlexoClient(on_response=...)."""
     label = "error" if status is None else f"{status // 100}xx"
     GATEWAY_LATENCY.labels(route=route, status=label).observe(seconds)
+
+
+class SubscriptionStateCollector(Collector):
+    """billing_subscriptions{status}: read from the database at most every `ttl` seconds, so a
+    scrape never queues behind billing work."""
+
+    def __init__(self, count_by_status: Callable[[], dict[str, int]], ttl: float = 30.0) -> None:
+        self._count = count_by_status
+        self._ttl = ttl
+        self._cached: dict[str, int] = {}
+        self._at = -math.inf
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._at > self._ttl:
+                try:
+                    self._cached = self._count()
+                    self._at = time.monotonic()
+                except Exception:  # a scrape must not fail because the DB hiccuped
+                    pass
+            counts = dict(self._cached)
+        family = GaugeMetricFamily(
+            "billing_subscriptions", "Subscriptions by status.", labels=["status"]
+        )
+        for status, count in sorted(counts.items()):
+            family.add_metric([status], count)
+        yield family

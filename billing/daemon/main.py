@@ -29,39 +29,50 @@ def run_daemon(cfg: Settings) -> int:
         ctx.plexo.verify_credentials()
         daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds)
         daemon.install_signal_handlers()
-        if cfg.metrics_port:
-            start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
-        scheduler = build_scheduler(
-            daemon,
-            tick_seconds=cfg.tick_seconds,
-            reconcile_seconds=cfg.reconcile_seconds,
-            reaper_seconds=cfg.reaper_seconds,
-        )
-        scheduler.start()
-        log_event(
-            log,
-            "daemon.ready",
-            node=node,
-            concurrency=ctx.concurrency,
-            environment=cfg.plexo_environment,
-            metrics_port=cfg.metrics_port,
-        )
-        notify(f"READY=1\nSTATUS=billing on {node}")
-        while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
-            notify("WATCHDOG=1")
-        notify("STOPPING=1\nSTATUS=stopping: finishing in-flight charges")
-        started = time.monotonic()
-        scheduler.pause()
-        stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
-        stopper.start()
-        stopper.join(cfg.stop_budget_seconds)
-        finished = not stopper.is_alive()
-        daemon.release_leases()
-        log_event(
-            log,
-            "daemon.stopped",
-            node=node,
-            graceful=finished,
-            seconds=round(time.monotonic() - started, 3),
-        )
+        collector = metrics.SubscriptionStateCollector(daemon.subscriptions_by_status)
+        metrics.REGISTRY.register(collector)
+        try:
+            finished = _serve(cfg, daemon, node)
+        finally:
+            metrics.REGISTRY.unregister(collector)
     return 0 if finished else 1
+
+
+def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
+    """Run the jobs until asked to stop; True when in-flight work finished within budget."""
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
+    scheduler = build_scheduler(
+        daemon,
+        tick_seconds=cfg.tick_seconds,
+        reconcile_seconds=cfg.reconcile_seconds,
+        reaper_seconds=cfg.reaper_seconds,
+    )
+    scheduler.start()
+    log_event(
+        log,
+        "daemon.ready",
+        node=node,
+        concurrency=daemon.ctx.concurrency,
+        environment=cfg.plexo_environment,
+        metrics_port=cfg.metrics_port,
+    )
+    notify(f"READY=1\nSTATUS=billing on {node}")
+    while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
+        notify("WATCHDOG=1")
+    notify("STOPPING=1\nSTATUS=stopping: finishing in-flight charges")
+    started = time.monotonic()
+    scheduler.pause()
+    stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+    stopper.start()
+    stopper.join(cfg.stop_budget_seconds)
+    finished = not stopper.is_alive()
+    daemon.release_leases()
+    log_event(
+        log,
+        "daemon.stopped",
+        node=node,
+        graceful=finished,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return finished

@@ -24,7 +24,7 @@ from billing.engine.reconcile import reconcile
 from billing.logs import log_event
 from billing.store.claims import reap_expired, release_all, try_singleton
 from billing.store.db import dialect_name, session
-from billing.store.models import ChargeAttempt, Invoice
+from billing.store.models import ChargeAttempt, Invoice, Subscription
 
 log = logging.getLogger("billing.daemon")
 
@@ -93,6 +93,15 @@ class Daemon:
         self.refresh_gauges(now)
         metrics.LAST_TICK.labels(job="lease_reaper").set(time.time())
         return freed
+
+    def subscriptions_by_status(self) -> dict[str, int]:
+        with session(self.ctx.engine) as s:
+            rows = s.exec(
+                select(Subscription.status, func.count(col(Subscription.id))).group_by(
+                    col(Subscription.status)
+                )
+            ).all()
+        return {status: count for status, count in rows}
 
     def refresh_gauges(self, now: datetime) -> None:
         with session(self.ctx.engine) as s:

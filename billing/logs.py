@@ -16,7 +16,7 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     logger.log(level, event, extra={"event": event, "fields": fields})
 
 
-class _Formatter(logging.Formatter):
+class EventFormatter(logging.Formatter):
     def __init__(self, style: str) -> None:
         super().__init__()
         self.style_name = style
@@ -50,7 +50,7 @@ def _logfmt(value: Any) -> str:
 
 def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt))
+    handler.setFormatter(EventFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

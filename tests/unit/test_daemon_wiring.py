@@ -64,6 +64,7 @@ def test_one_parsable_line_per_event(fmt: str) -> None:
     logger = logging.getLogger(f"test.logs.{fmt}")
     logger.addHandler(handler)
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     log_event(logger, "billing.pass", attempts=3, note="two words")
     [line] = stream.getvalue().splitlines()
     if fmt == "json":

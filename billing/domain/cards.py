@@ -88,3 +88,16 @@ def refuse_card_numbers(value: object, field: str) -> None:
     elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
             refuse_card_numbers(item, field)
+
+
+def refuse_card_number_as_token(value: str, field: str) -> None:
+    """Refuse a token (or instrument id) that is a whole card number.
+
+    Plexo tokens are 32 hex characters, so a digit run inside one is part of the token, not a
+    card; only a value that is nothing but a card number (separators allowed) is refused.
+    """
+    digits = _SEPARATORS.sub("", value.strip())
+    if digits.isdigit() and _is_pan(digits):
+        raise InvalidInput(
+            f"{field} looks like a card number; store a Plexo token, never a card number"
+        )

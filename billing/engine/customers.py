@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing.domain.cards import refuse_card_numbers
+from billing.domain.cards import refuse_card_number_as_token, refuse_card_numbers
 from billing.domain.contact import (
     normalize_email,
     normalize_metadata,
@@ -317,7 +317,7 @@ def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInst
     assert customer.plexo_id is not None and customer.id is not None
     remote = {i.token: i for i in ctx.plexo.list_instruments(customer.plexo_id)}
     for token in remote:
-        refuse_card_numbers(token, "instrument token")
+        refuse_card_number_as_token(token, "instrument token")
     with session(ctx.engine) as s:
         local = {
             i.token: i
@@ -387,7 +387,7 @@ def list_instruments(
 
 def _find_instrument(s: Session, customer: Customer, which: str) -> PaymentInstrument:
     """An instrument by our id or by its token, refusing anything shaped like a card number."""
-    refuse_card_numbers(which, "instrument")
+    refuse_card_number_as_token(which, "instrument")
     query = select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
     if which.isdigit() and len(which) < 12:
         query = query.where(PaymentInstrument.id == int(which))

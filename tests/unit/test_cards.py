@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.domain.cards import looks_like_card_number, luhn_valid, refuse_card_numbers
+from billing.domain.cards import (
+    looks_like_card_number,
+    luhn_valid,
+    refuse_card_number_as_token,
+    refuse_card_numbers,
+)
 from billing.errors import InvalidInput
 
 # Plexo's documented Luhn-valid test cards (plexo-api.md 3.2), a 13- and a 19-digit number.
@@ -121,3 +126,18 @@ def test_refuse_finds_keys_numbers_and_lists(value: object) -> None:
 )
 def test_refuse_lets_clean_values_through(value: object) -> None:
     refuse_card_numbers(value, "field")
+
+
+def test_a_hex_token_with_a_luhn_digit_run_is_a_token_not_a_card() -> None:
+    token = "ab4444333322221111cdef0123456789"
+    assert looks_like_card_number(token)  # as free text it would be refused...
+    refuse_card_number_as_token(token, "token")  # ...but as a token it is fine
+
+
+@pytest.mark.parametrize(
+    "value", ["4444333322221111", "4444 3333 2222 1111", "4444-3333-2222-1111"]
+)
+def test_a_whole_card_number_where_a_token_belongs_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInput, match="looks like a card number") as raised:
+        refuse_card_number_as_token(value, "instrument")
+    assert "4444" not in str(raised.value)

@@ -7,7 +7,7 @@ write fails after Plexo accepted a new customer, the Plexo customer is deleted a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -272,10 +272,7 @@ def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) 
         for instrument in s.exec(
             select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
         ).all():
-            instrument.status = "removed"
-            instrument.is_default = False
-            instrument.updated_at = now
-            s.add(instrument)
+            s.add(_retire(instrument, now))
         record_event(
             s,
             at=now,
@@ -334,10 +331,7 @@ def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInst
             s.add(row)
         for token, row in local.items():
             if token not in remote and row.status != "removed":
-                row.status = "removed"
-                row.is_default = False
-                row.updated_at = now
-                s.add(row)
+                s.add(_retire(row, now))
         s.flush()
         _ensure_default(s, customer.id)
         record_event(
@@ -360,6 +354,14 @@ def _apply_instrument(row: PaymentInstrument, item: PlexoInstrument) -> None:
     row.exp_month = item.exp_month
     row.exp_year = item.exp_year
     row.status = "active" if (item.status or "active") == "active" else "removed"
+
+
+def _retire(row: PaymentInstrument, now: datetime) -> PaymentInstrument:
+    """Mark a card removed here (it is gone at Plexo, or its customer is)."""
+    row.status = "removed"
+    row.is_default = False
+    row.updated_at = now
+    return row
 
 
 def _ensure_default(s: Session, customer_id: int) -> None:
@@ -409,10 +411,7 @@ def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> Pay
     with session(ctx.engine) as s:
         row = s.get(PaymentInstrument, instrument.id)
         assert row is not None and customer.id is not None and row.id is not None
-        row.status = "removed"
-        row.is_default = False
-        row.updated_at = now
-        s.add(row)
+        s.add(_retire(row, now))
         s.flush()
         _ensure_default(s, customer.id)
         record_event(

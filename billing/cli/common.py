@@ -47,13 +47,29 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except BillingError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}{_hint(exc)}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
         except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
 
     return wrapper
+
+
+def _hint(exc: BillingError) -> str:
+    from billing.plexo.errors import GatewayUnavailable
+
+    if isinstance(exc, GatewayUnavailable):
+        try:
+            builtin = settings().sandbox_builtin
+        except BillingError:
+            return ""
+        if builtin:
+            return (
+                " (no BILLING_PLEXO_BASE_URL is set, so this is the built-in sandbox's address:"
+                " start it with `billing sandbox`)"
+            )
+    return ""
 
 
 def to_jsonable(value: Any) -> Any:

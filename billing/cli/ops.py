@@ -100,7 +100,8 @@ def check(as_json: bool = JsonOption) -> None:
                 record("gateway", True, f"reachable at {plexo_base_url(cfg)}")
                 record("credentials", False, "rejected by the gateway (HTTP 401/403)")
             else:
-                record("gateway", False, f"{plexo_base_url(cfg)}: {exc}")
+                hint = " (start it with `billing sandbox`)" if cfg.sandbox_builtin else ""
+                record("gateway", False, f"{plexo_base_url(cfg)}: {exc}{hint}")
                 record("credentials", False, "skipped: gateway unreachable")
     _report(checks, as_json)
     if not all(c["ok"] for c in checks):

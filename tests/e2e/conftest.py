@@ -172,6 +172,10 @@ class Processes:
 
     def kill_all(self) -> None:
         for proc in self.started:
+            code = proc.popen.poll()
+            if code is not None and code not in (0, -signal.SIGKILL):
+                # Shown with the captured output of a failed test: who died before teardown.
+                print(f"{proc.name} (pid {proc.popen.pid}) had exited with {code}")
             proc.ensure_dead()
 
 

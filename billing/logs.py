@@ -56,3 +56,7 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "maximum number of running instances reached" is the normal sign of a long pass (the
+    # next tick is coalesced); job failures are logged by our own listener as job.failed.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    logging.getLogger("apscheduler.executors").setLevel(logging.CRITICAL)

@@ -80,11 +80,15 @@ PLANS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+_QUIET_STDOUT = {"on": False}  # with --json, narration goes to stderr and stdout stays JSON
+
+
 def _say(message: str) -> None:
-    typer.echo(message, err=False)
+    typer.echo(message, err=_QUIET_STDOUT["on"])
 
 
 def run_demo(months: int = 4, as_json: bool = False) -> None:
+    _QUIET_STDOUT["on"] = as_json
     state_dir = Path(os.environ.get("BILLING_DEMO_DIR", ".state/demo")).resolve()
     if state_dir.exists():
         shutil.rmtree(state_dir)

@@ -188,6 +188,22 @@ def test_a_merchant_bills_a_customer_through_the_cli(cli: Cli) -> None:
         ).raise_for_status()
     cards = cli.ok("instruments", "sync", "cus-ana")
     assert [(c["last4"], c["default"]) for c in cards] == [("1111", True)]
+    updated = cli.ok("customers", "update", "cus-ana", "--email", "ana@new.example.com")
+    assert updated["email"] == "ana@new.example.com"
+    with httpx.Client(base_url=cli.sandbox_url, auth=("sandbox-client", "sandbox-key")) as http:
+        remote = http.get(f"/v1/customers/{created['plexo_id']}").json()
+        assert remote["email"] == "ana@new.example.com"  # PUT reached Plexo
+        http.post(
+            f"/sandbox/customers/{created['plexo_id']}/instruments",
+            json={"cardNumber": "5555444433332222", "expMonth": 1, "expYear": 2032},
+        ).raise_for_status()
+    cards = cli.ok("instruments", "sync", "cus-ana")
+    second = next(c for c in cards if c["last4"] == "2222")
+    cli.ok("instruments", "default", "cus-ana", str(second["id"]))
+    cli.ok("instruments", "remove", "cus-ana", str(second["id"]))
+    cards = cli.ok("instruments", "list", "cus-ana")
+    assert [(c["last4"], c["default"]) for c in cards] == [("1111", True)]
+    refused(cli, ["instruments", "default", "cus-ana", "4444333322221111"], "card number")
     cli.ok("plans", "create", "--code", "basic", "--name", "Basic", "--amount", "590.50",
            "--currency", "UYU")  # fmt: skip
     sub = cli.ok(

@@ -159,6 +159,7 @@ def _no_instrument(
     ctx: BillingContext, s: Session, invoice: Invoice, sub: Subscription, now: datetime
 ) -> AttemptResult:
     """No card to charge: nothing is sent; the invoice waits for a card (dunning's job)."""
+    s.refresh(sub, with_for_update=True)
     invoice.next_attempt_at = None
     invoice.last_decline_code = "no-payment-instrument"
     invoice.last_decline_class = DeclineClass.hard
@@ -200,7 +201,7 @@ def record_outcome(
         invoice_id = s.exec(
             select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
         ).one()
-        # Lock order everywhere: invoice, then attempt (PostgreSQL; SQLite holds the DB lock).
+        # Lock order: invoice, attempt, subscription (PostgreSQL; SQLite holds the DB lock).
         invoice = s.get(Invoice, invoice_id, with_for_update=True)
         attempt = s.exec(
             select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
@@ -211,7 +212,9 @@ def record_outcome(
             return result
         if invoice.lease_owner not in (lease_owner, None):
             return result
-        sub = s.get(Subscription, invoice.subscription_id)
+        # Locked too: concurrent outcomes of one subscription's invoices must not lose each
+        # other's period or status changes (PostgreSQL read committed).
+        sub = s.get(Subscription, invoice.subscription_id, with_for_update=True)
         assert sub is not None
         attempt.plexo_payment_id = outcome.payment_id or attempt.plexo_payment_id
         text = outcome.decline_message or outcome.detail

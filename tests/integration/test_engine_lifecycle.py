@@ -168,3 +168,15 @@ def test_a_pass_that_did_work_is_a_billing_run_with_totals_per_currency(env: Env
     }
     assert run.started_at is not None and run.finished_at is not None
     assert {a.node for a in attempts} == {"test-node"}
+
+
+def test_concurrent_outcomes_of_one_subscription_keep_the_latest_paid_period(env: Env) -> None:
+    """Catch-up charges a year of periods of one subscription in parallel: the subscription's
+    paid period must end up at the last one (no lost update between concurrent recorders)."""
+    ensure_plan(env.ctx, code="daily", interval="day")
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="daily", start=START)
+    env.clock.set(START + timedelta(days=59, hours=1))
+    run_billing_pass(env.ctx)
+    invoices = invoices_of(env, sub_id)
+    assert len(invoices) == 60 and {i.status for i in invoices} == {"paid"}
+    assert sub_of(env, sub_id).current_period_end == invoices[-1].period_end

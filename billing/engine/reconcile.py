@@ -185,7 +185,11 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome:
 
 def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta, why: str) -> None:
     with session(ctx.engine) as s:
-        attempt = s.exec(select(ChargeAttempt).where(ChargeAttempt.reference_id == ref)).one()
+        attempt = s.exec(
+            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
+        ).one()
+        if attempt.state not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending):
+            return  # resolved meanwhile: nothing to schedule
         if attempt.state == AttemptState.sending:
             attempt.state = AttemptState.unknown
         attempt.check_count += 1

@@ -13,12 +13,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from billing.store.db import make_engine
 from billing.store.migrate import upgrade
+
+# Timing is for benchmarks, not tests: no per-example deadline on a loaded 2-core CI machine.
+hypothesis_settings.register_profile("billing", deadline=None)
+hypothesis_settings.load_profile("billing")
 
 PG_ADMIN_URL_ENV = "BILLING_TEST_PG_URL"
 PG_ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"

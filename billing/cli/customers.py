@@ -9,6 +9,7 @@ import typer
 from billing.cli.common import JsonOption, handle_errors, output, settings, table
 from billing.engine import customers as svc
 from billing.errors import InvalidInput
+from billing.store.db import session
 from billing.store.models import Customer, PaymentInstrument
 from billing.wiring import open_context
 
@@ -188,18 +189,24 @@ def update(
 @handle_errors
 def show(reference_id: str, as_json: bool = JsonOption) -> None:
     """Show one customer with their cards."""
-    from billing.store.db import session
-
-    with open_context(settings()) as ctx, session(ctx.engine) as s:
-        customer = svc.get_customer(s, reference_id, include_deleted=True)
-        view = customer_view(customer)
     with open_context(settings()) as ctx:
-        cards = [] if customer.status == "deleted" else svc.list_instruments(ctx, reference_id)
+        with session(ctx.engine) as s:
+            customer = svc.get_customer(s, reference_id, include_deleted=True)
+        deleted = customer.status == "deleted"
+        cards = [] if deleted else svc.list_instruments(ctx, reference_id)
+    view = customer_view(customer)
     view["instruments"] = [instrument_view(i) for i in cards]
-    lines = [f"{k:<12} {v}" for k, v in view.items() if k != "instruments" and v is not None]
+    lines = [f"{k:<12} {_plain(v)}" for k, v in view.items() if k != "instruments" and v]
     lines.append("instruments:")
     lines.append(table(view["instruments"], ["id", "brand", "last4", "expiry", "default"]))
     output(view, as_json, "\n".join(lines))
+
+
+def _plain(value: Any) -> str:
+    """Nested values as `key: value` pairs, not Python reprs."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
 
 
 @app.command("list")

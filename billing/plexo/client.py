@@ -244,13 +244,17 @@ class PlexoClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
         return self._scrub_outcome(outcome_from_error(status, body, retry_after=retry_after))
 
-    def get_payment(self, payment_id: str) -> ChargeOutcome:
-        """The payment's current state. Raises PaymentNotFound (404) or another PlexoError."""
+    def get_payment(self, payment_id: str, reference_id: str | None = None) -> ChargeOutcome:
+        """The payment's current state. Raises PaymentNotFound (404) or another PlexoError.
+
+        With `reference_id`, a payment that names another referenceId is `unknown`, not ours.
+        """
         path = f"/v1/payments/{_segment(payment_id)}"
         body = self._call("GET", ROUTE_PAYMENT, path, not_found=PaymentNotFound)
         if not isinstance(body, Mapping):
             raise self._malformed(ROUTE_PAYMENT, "no payment in the answer")
-        return self._scrub_outcome(outcome_from_payment(body, http_status=200))
+        outcome = outcome_from_payment(body, http_status=200, reference_id=reference_id)
+        return self._scrub_outcome(outcome)
 
     def find_payment(self, reference_id: str) -> ChargeOutcome | None:
         """The payment with exactly this referenceId, or None when Plexo has none.

@@ -19,12 +19,16 @@ from billing.plexo.wire import camel_keys
 
 OutcomeKind = Literal["approved", "declined", "pending", "unknown"]
 
-APPROVED_STATUSES = frozenset({"approved"})
+# The money was taken; a later (partial) refund is the merchant's act on a charged period.
+APPROVED_STATUSES = frozenset({"approved", "refunded", "partially-refunded"})
 DECLINED_STATUSES = frozenset({"denied", "failed", "cancelled", "expired"})
 # `authorized` on an automatic capture should not happen; it is unresolved, not paid.
 PENDING_STATUSES = frozenset({"pending", "created", "authorized"})
 
 DUPLICATE_REFERENCE = "duplicate-reference-id"
+# A Retry-After beyond this is treated as this: a typo at the gateway must not park a charge
+# for years (or overflow a datetime).
+MAX_RETRY_AFTER_SECONDS = 3600.0
 VALIDATION_CODES = frozenset({"request-validation-errors"})
 VALIDATION_TYPES = frozenset({"invalid-request-error"})
 
@@ -63,9 +67,9 @@ def outcome_from_payment(
     status = (_text(data.get("status")) or "").lower() or None
     echoed = _text(data.get("referenceId"))
     if reference_id is not None and echoed is not None and echoed != reference_id:
+        # Not ours: keep no payment id, or a later GET would adopt another payment's state.
         return ChargeOutcome(
             "unknown",
-            payment_id=payment_id,
             status=status,
             http_status=http_status,
             detail=f"Plexo answered with payment for referenceId {echoed!r}, not {reference_id!r}",
@@ -149,7 +153,8 @@ def outcome_from_error(
 
     if http_status == 429:
         return unknown("rate limited")
-    if code == DUPLICATE_REFERENCE or (http_status == 409 and code and "duplicate" in code):
+    if _says_duplicate(code, envelope.decline_code if envelope else None):
+        # However it is spelled, "duplicate" means a payment may exist: never "declined".
         return unknown("a payment with this referenceId exists", duplicate=True)
     if http_status >= 500 or http_status < 400:
         return unknown("gateway error")
@@ -172,6 +177,11 @@ def outcome_from_error(
     return unknown("unclassified gateway answer")
 
 
+def _says_duplicate(code: str | None, decline_code: str | None) -> bool:
+    words = " ".join(w for w in (code, decline_code) if w).lower()
+    return code == DUPLICATE_REFERENCE or "duplicate" in words
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
     if not value:
@@ -186,7 +196,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
             return None
         if when.tzinfo is None:
             return None
-        return max(0.0, (when - now).total_seconds())
+        return min(MAX_RETRY_AFTER_SECONDS, max(0.0, (when - now).total_seconds()))
     if not seconds.is_finite():
         return None
-    return max(0.0, float(seconds))
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, float(seconds)))

@@ -290,7 +290,40 @@ def test_pending_statuses(client: PlexoClient, gateway: Recorder, status: str) -
     assert (outcome.kind, outcome.payment_id, outcome.status) == ("pending", PAYMENT_ID, status)
 
 
-@pytest.mark.parametrize("status", ["refunded", "partially-refunded", "mystery", None])
+@pytest.mark.parametrize("status", ["refunded", "partially-refunded"])
+def test_refunded_payments_were_charged(
+    client: PlexoClient, gateway: Recorder, status: str
+) -> None:
+    body = payment_dto("approved")
+    body["status"] = status
+    gateway.answer(200, body)
+    assert client.create_payment(payment_request()).kind == "approved"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"code": "DuplicateTransaction", "type": "invalid-request-error", "status": 400}),
+        (402, {"code": "payment-declined", "declineCode": "duplicate_transaction", "status": 402}),
+        (409, {"code": "conflict", "declineCode": "DuplicateTransaction", "status": 409}),
+    ],
+)
+def test_a_duplicate_however_spelled_is_unknown_never_declined(
+    client: PlexoClient, gateway: Recorder, status: int, body: dict[str, object]
+) -> None:
+    gateway.answer(status, body)
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.duplicate) == ("unknown", True)
+
+
+def test_a_huge_retry_after_is_capped(client: PlexoClient, gateway: Recorder) -> None:
+    gateway.answer(
+        429, envelope("too-many-requests", 429), headers={"Retry-After": "10000000000000"}
+    )
+    assert client.create_payment(payment_request()).retry_after == 3600.0
+
+
+@pytest.mark.parametrize("status", ["mystery", None])
 def test_other_statuses_are_unknown(
     client: PlexoClient, gateway: Recorder, status: str | None
 ) -> None:
@@ -315,6 +348,7 @@ def test_answer_for_another_reference_is_unknown(client: PlexoClient, gateway: R
     gateway.answer(200, payment_dto("approved", referenceId="someone-else"))
     outcome = client.create_payment(payment_request())
     assert outcome.kind == "unknown"
+    assert outcome.payment_id is None  # never adopt another payment's id
     assert "someone-else" in outcome.detail
 
 
@@ -1003,3 +1037,11 @@ def test_close_closes_the_http_client(gateway: Recorder) -> None:
     gateway.answer(200, [])
     with pytest.raises(RuntimeError, match="closed"):
         plexo.verify_credentials()
+
+
+def test_get_payment_refuses_to_adopt_another_reference(
+    client: PlexoClient, gateway: Recorder
+) -> None:
+    gateway.answer(200, payment_dto("denied", referenceId="someone-else"))
+    outcome = client.get_payment(PAYMENT_ID, reference_id=REF)
+    assert (outcome.kind, outcome.payment_id) == ("unknown", None)

@@ -29,7 +29,9 @@ def node_name(cfg: Settings) -> str:
     return cfg.node_name or f"{os.uname().nodename}-{os.getpid()}"
 
 
-def make_plexo_client(cfg: Settings, base_url: str | None = None) -> PlexoClient:
+def make_plexo_client(
+    cfg: Settings, base_url: str | None = None, clock: Clock | None = None
+) -> PlexoClient:
     return PlexoClient(
         base_url or plexo_base_url(cfg),
         cfg.plexo_client_id,
@@ -37,6 +39,7 @@ def make_plexo_client(cfg: Settings, base_url: str | None = None) -> PlexoClient
         cfg.plexo_merchant_id,
         timeout=cfg.plexo_timeout_seconds,
         on_response=gateway_observer,
+        clock=clock or SystemClock(),
     )
 
 
@@ -53,7 +56,7 @@ def open_context(
     if clock is not None and not isinstance(clock, SystemClock) and cfg.is_production:
         raise ConfigError("a test clock is refused when BILLING_PLEXO_ENVIRONMENT is production")
     engine = make_engine(cfg.database_url)
-    client = plexo or make_plexo_client(cfg)
+    client = plexo or make_plexo_client(cfg, clock=clock)
     try:
         if require_schema and not is_at_head(cfg.database_url):
             raise ConfigError(

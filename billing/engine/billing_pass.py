@@ -15,6 +15,7 @@ from billing import metrics
 from billing.engine.charge import AttemptResult, charge_invoice
 from billing.engine.context import BillingContext
 from billing.engine.invoicing import create_due_invoices
+from billing.logs import log_event
 from billing.store.claims import claim_invoices
 from billing.store.db import session
 from billing.store.models import BillingRun
@@ -77,13 +78,25 @@ def run_billing_pass(
             claimed = claim_invoices(ctx.engine, ctx.node, now, ctx.lease_seconds, batch)
             if not claimed:
                 break
-            for result in pool.map(lambda i: charge_invoice(ctx, i, should_stop), claimed):
+            for result in pool.map(lambda i: _charge_safely(ctx, i, should_stop), claimed):
                 summary.add(result)
                 observe(result)
     metrics.RUN_DURATION.labels(kind="pass").observe(time.monotonic() - started_wall)
     if summary.did_work:
         summary.run_id = save_run(ctx, summary, started_at)
     return summary
+
+
+def _charge_safely(
+    ctx: BillingContext, invoice_id: int, should_stop: Callable[[], bool]
+) -> AttemptResult:
+    """One failing invoice must not end the pass: its lease expires and the write-ahead
+    attempt (if any) goes to the reconciler. Only the error's type is logged (no data)."""
+    try:
+        return charge_invoice(ctx, invoice_id, should_stop)
+    except Exception as exc:
+        log_event(log, "charge.failed", logging.ERROR, error=type(exc).__name__)
+        return AttemptResult(invoice_id, "skipped", 0, "")
 
 
 def save_run(ctx: BillingContext, summary: RunSummary, started_at: datetime) -> int:

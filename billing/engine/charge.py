@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
 # First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
 FIRST_CHECK_DELAY = timedelta(seconds=5)
+MAX_CHECK_DELAY_SECONDS = 3600.0
 # A request that was refused before any money moved (validation, auth) is tried again later.
 NOT_CHARGED_RETRY = timedelta(minutes=15)
 
@@ -87,6 +88,7 @@ def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | Attem
             .where(col(Invoice.id) == invoice_id)
             .where(col(Invoice.status) == InvoiceStatus.open)
             .where(col(Invoice.lease_owner) == ctx.node)
+            .where(col(Invoice.lease_until) > now)  # an expired lease may be someone else's now
             .values(status=InvoiceStatus.charging, attempt_count=number, updated_at=now)
         )
         if taken.rowcount != 1:
@@ -103,6 +105,7 @@ def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | Attem
                 instrument_id=instrument.id,
                 node=ctx.node,
                 created_at=now,
+                last_sent_at=now,
             )
         )
         record_event(
@@ -219,6 +222,10 @@ def record_outcome(
         attempt.plexo_payment_id = outcome.payment_id or attempt.plexo_payment_id
         text = outcome.decline_message or outcome.detail
         attempt.message = text[:500] if text else None
+        if outcome.kind == "declined" and outcome.not_charged and attempt.send_count > 1:
+            # A refusal of a RESEND says nothing about the first send, which may have been
+            # charged: not proof of "no money moved", so it stays with the reconciler.
+            outcome = replace(outcome, kind="unknown", detail=f"resend refused: {outcome.detail}")
         kind = outcome.kind
         decline_class: str | None = None
         if kind == "approved":
@@ -336,7 +343,7 @@ def _leave_unresolved(
     """Pending or unknown: hand the invoice to the reconciler (lease released at once)."""
     attempt.state = AttemptState.pending if outcome.kind == "pending" else AttemptState.unknown
     if outcome.retry_after:
-        delay = max(delay, timedelta(seconds=outcome.retry_after))
+        delay = max(delay, timedelta(seconds=min(outcome.retry_after, MAX_CHECK_DELAY_SECONDS)))
     attempt.next_check_at = now + delay
     invoice.lease_owner = None
     invoice.lease_until = None

@@ -20,13 +20,14 @@ from billing.domain.contact import (
     parse_birthdate,
 )
 from billing.domain.identity import normalize_document
-from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
+from billing.domain.lifecycle import SubscriptionStatus
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.engine.invoicing import void_open_invoices
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.plexo.models import CustomerPayload, PlexoInstrument
 from billing.store.db import session
-from billing.store.models import Customer, Invoice, PaymentInstrument, Subscription
+from billing.store.models import Customer, PaymentInstrument, Subscription
 
 ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
 CUSTOMER_STATUSES = ("active", "inactive")
@@ -235,6 +236,8 @@ def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) 
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
         assert customer.id is not None
+        # Invoices first (lock order: invoice, then subscription, as when recording charges).
+        void_open_invoices(ctx, s, now, "customer deleted", customer_id=customer.id)
         customer.status = "deleted"
         customer.deleted_at = now
         customer.updated_at = now
@@ -260,15 +263,6 @@ def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) 
                 actor=ctx.actor,
                 reason="customer deleted",
             )
-        for invoice in s.exec(
-            select(Invoice)
-            .where(Invoice.customer_id == customer.id)
-            .where(Invoice.status == InvoiceStatus.open)
-        ).all():
-            invoice.status = InvoiceStatus.void
-            invoice.next_attempt_at = None
-            invoice.updated_at = now
-            s.add(invoice)
         for instrument in s.exec(
             select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
         ).all():

@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.domain.periods import Interval, period_bounds, period_start, periods_started_by
@@ -101,11 +101,14 @@ def invoice_due_periods(ctx: BillingContext, subscription_id: int, now: datetime
             values.update(
                 status=SubscriptionStatus.canceled, canceled_at=cancel_at, next_billing_at=None
             )
-        # Compare-and-set: only the node that moves next_period_index from `first` invoices.
+        # Compare-and-set: only the node that moves next_period_index from `first` invoices...
         moved = s.exec(
             update(Subscription)
             .where(col(Subscription.id) == subscription_id)
             .where(col(Subscription.next_period_index) == first)
+            # ...and only if nobody paused or canceled it since we read it.
+            .where(col(Subscription.status).in_([str(x) for x in INVOICING_STATUSES]))
+            .where(col(Subscription.cancel_at_period_end) == sub.cancel_at_period_end)
             .values(**values)
         )
         if moved.rowcount != 1:
@@ -151,3 +154,37 @@ def create_due_invoices(ctx: BillingContext, now: datetime) -> int:
         total += step
         if step == 0:
             return total
+
+
+def void_open_invoices(
+    ctx: BillingContext,
+    s: Session,
+    now: datetime,
+    reason: str,
+    *,
+    subscription_id: int | None = None,
+    customer_id: int | None = None,
+) -> int:
+    """Void the open invoices of a subscription or customer, atomically `WHERE status='open'`:
+    an invoice a node moved to `charging` meanwhile is left alone (its charge may take money)."""
+    query = update(Invoice).where(col(Invoice.status) == InvoiceStatus.open)
+    if subscription_id is not None:
+        query = query.where(col(Invoice.subscription_id) == subscription_id)
+    if customer_id is not None:
+        query = query.where(col(Invoice.customer_id) == customer_id)
+    voided = s.exec(
+        query.values(status=InvoiceStatus.void, next_attempt_at=None, updated_at=now).returning(
+            col(Invoice.id)
+        )
+    ).all()
+    for (invoice_id,) in voided:
+        record_event(
+            s,
+            at=now,
+            entity_type="invoice",
+            entity_id=invoice_id,
+            event="invoice.voided",
+            actor=ctx.actor,
+            reason=reason,
+        )
+    return len(voided)

@@ -23,6 +23,7 @@ from billing.domain.lifecycle import AttemptState, InvoiceStatus
 from billing.engine.charge import AttemptResult, payment_request, record_outcome
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.logs import log_event
 from billing.plexo.errors import PlexoError
 from billing.plexo.outcome import ChargeOutcome
 from billing.store.db import session
@@ -83,7 +84,11 @@ def reconcile(ctx: BillingContext, limit: int = 500) -> ReconcileSummary:
     now = ctx.clock.now()
     for ref in unresolved_attempts(ctx, now, limit):
         summary.examined += 1
-        outcome = resolve_attempt(ctx, ref, summary)
+        try:
+            outcome = resolve_attempt(ctx, ref, summary)
+        except Exception as exc:  # one bad attempt must not stop the sweep; its lease expires
+            log_event(log, "reconcile.failed", logging.ERROR, error=type(exc).__name__)
+            outcome = "error"
         summary.outcomes[outcome] += 1
     return summary
 
@@ -121,9 +126,9 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
         return "busy"
     with session(ctx.engine) as s:
         attempt = s.exec(select(ChargeAttempt).where(ChargeAttempt.reference_id == ref)).one()
-        payment_id, created_at, checks = (
+        payment_id, last_sent, checks = (
             attempt.plexo_payment_id,
-            attempt.created_at,
+            attempt.last_sent_at or attempt.created_at,
             attempt.check_count,
         )
         if attempt.state not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending):
@@ -132,16 +137,19 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
     try:
         outcome: ChargeOutcome | None
         if payment_id:
-            outcome = ctx.plexo.get_payment(payment_id)
+            outcome = ctx.plexo.get_payment(payment_id, reference_id=ref)
         else:
             outcome = ctx.plexo.find_payment(ref)
             if outcome is not None and outcome.kind == "pending" and outcome.payment_id:
-                outcome = ctx.plexo.get_payment(outcome.payment_id)
+                outcome = ctx.plexo.get_payment(outcome.payment_id, reference_id=ref)
         if outcome is None:
-            if now - created_at < ctx.resend_grace:
+            if now - last_sent < ctx.resend_grace:
                 _check_later(ctx, ref, now, delay, "no payment at Plexo yet; waiting out grace")
                 return "waiting"
-            outcome = _resend(ctx, ref, now)
+            resent = _resend(ctx, ref, now)
+            if resent is None:
+                return "busy"
+            outcome = resent
             summary.resent += 1
     except PlexoError as exc:
         _check_later(ctx, ref, now, delay, f"gateway unavailable: {exc.code or exc}")
@@ -152,12 +160,30 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
     return result.outcome
 
 
-def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome:
-    """Plexo proved it has no payment with this referenceId: send the same one again."""
+def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | None:
+    """Plexo proved it has no payment with this referenceId: send the same one again.
+
+    Re-checked under locks (invoice, then attempt) and committed before the call: the invoice
+    is still charging and leased to us, the attempt still unresolved. None when it no longer is.
+    """
     with session(ctx.engine) as s:
-        attempt = s.exec(select(ChargeAttempt).where(ChargeAttempt.reference_id == ref)).one()
-        invoice = s.get(Invoice, attempt.invoice_id)
+        invoice_id = s.exec(
+            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+        ).one()
+        invoice = s.get(Invoice, invoice_id, with_for_update=True)
+        attempt = s.exec(
+            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
+        ).one()
         assert invoice is not None and invoice.id is not None
+        if (
+            invoice.status != InvoiceStatus.charging
+            or invoice.lease_owner != ctx.node
+            or invoice.lease_until is None
+            or invoice.lease_until <= now
+            or attempt.state
+            not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
+        ):
+            return None
         sub = s.get(Subscription, invoice.subscription_id)
         customer = s.get(Customer, invoice.customer_id)
         instrument = (
@@ -167,6 +193,7 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome:
         assert instrument is not None
         attempt.state = AttemptState.sending
         attempt.send_count += 1
+        attempt.last_sent_at = now
         s.add(attempt)
         record_event(
             s,
@@ -185,6 +212,10 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome:
 
 def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta, why: str) -> None:
     with session(ctx.engine) as s:
+        invoice_id = s.exec(
+            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+        ).one()
+        s.get(Invoice, invoice_id, with_for_update=True)  # lock order: invoice, then attempt
         attempt = s.exec(
             select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
         ).one()

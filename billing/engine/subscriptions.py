@@ -7,15 +7,16 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus, check_transition
+from billing.domain.lifecycle import SubscriptionStatus, check_transition
 from billing.domain.money import check_currency, parse_amount
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
 from billing.engine.context import BillingContext
 from billing.engine.customers import get_customer
 from billing.engine.events import record_event
+from billing.engine.invoicing import void_open_invoices
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
-from billing.store.models import Invoice, PaymentInstrument, Plan, Subscription
+from billing.store.models import PaymentInstrument, Plan, Subscription
 
 PLAN_CODE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -209,18 +210,13 @@ def cancel_subscription(
                 effective_at=sub.current_period_end.isoformat(),
             )
             return sub
+        # Invoices first (lock order: invoice, then subscription, as when recording charges).
+        void_open_invoices(
+            ctx, s, now, reason or "subscription canceled", subscription_id=subscription_id
+        )
         _change(ctx, s, sub, SubscriptionStatus.canceled, reason, "subscription.canceled")
         sub.canceled_at = now
         sub.next_billing_at = None
-        for invoice in s.exec(
-            select(Invoice)
-            .where(Invoice.subscription_id == subscription_id)
-            .where(Invoice.status == InvoiceStatus.open)
-        ).all():
-            invoice.status = InvoiceStatus.void
-            invoice.next_attempt_at = None
-            invoice.updated_at = now
-            s.add(invoice)
         return sub
 
 

@@ -172,6 +172,7 @@ class ChargeAttempt(SQLModel, table=True):
     message: str | None = Field(default=None, max_length=500)
     node: str = Field(max_length=128)
     send_count: int = 1
+    last_sent_at: datetime | None = _utc(nullable=True)  # the resend grace counts from here
     check_count: int = 0
     next_check_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc()

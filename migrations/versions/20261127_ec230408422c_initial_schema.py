@@ -242,6 +242,7 @@ def upgrade() -> None:
         sa.Column("message", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
         sa.Column("node", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("send_count", sa.Integer(), nullable=False),
+        sa.Column("last_sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("check_count", sa.Integer(), nullable=False),
         sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),

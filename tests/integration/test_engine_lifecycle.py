@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel import col, select
 
 from billing.engine import subscriptions
 from billing.engine.billing_pass import run_billing_pass
+from billing.engine.charge import AttemptResult
+from billing.engine.invoicing import create_due_invoices
 from billing.engine.reconcile import reconcile
 from billing.store.db import session
 from billing.store.models import BillingRun, ChargeAttempt, Event, Invoice, Subscription
@@ -180,3 +185,89 @@ def test_concurrent_outcomes_of_one_subscription_keep_the_latest_paid_period(env
     invoices = invoices_of(env, sub_id)
     assert len(invoices) == 60 and {i.status for i in invoices} == {"paid"}
     assert sub_of(env, sub_id).current_period_end == invoices[-1].period_end
+
+
+def test_cancel_never_voids_an_invoice_whose_charge_is_in_flight(env: Env) -> None:
+    """Cancel between write-ahead and the answer (sequential; the race itself is closed by the
+    atomic `WHERE status = 'open'` in void_open_invoices): the charge is still recorded."""
+    from billing.engine.charge import _write_ahead, record_outcome
+    from billing.store.claims import claim_invoices
+
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    create_due_invoices(env.ctx, env.clock.now())
+    [invoice_id] = claim_invoices(env.ctx.engine, "test-node", env.clock.now(), 60, 10)
+    request = _write_ahead(env.ctx, invoice_id)
+    assert not isinstance(request, AttemptResult)
+    subscriptions.cancel_subscription(env.ctx, sub_id, at_period_end=False, reason="race")
+    outcome = env.ctx.plexo.create_payment(request)
+    record_outcome(env.ctx, request.reference_id, outcome, lease_owner="test-node")
+    [invoice] = invoices_of(env, sub_id)
+    assert invoice.status == "paid", "the approved charge was lost"
+    assert sub_of(env, sub_id).status == "canceled"
+    assert ledger(env.ctx)["approved"].keys() == {request.reference_id}
+
+
+def test_invoicing_does_not_resurrect_a_subscription_canceled_meanwhile(env: Env) -> None:
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    with session(env.ctx.engine) as s:  # a stale read: cancel lands between read and write
+        stale = s.get(Subscription, sub_id)
+    subscriptions.cancel_subscription(env.ctx, sub_id, at_period_end=False, reason="race")
+    from billing.engine import invoicing
+
+    original = invoicing.session
+
+    @contextmanager
+    def stale_session(engine: Any) -> Iterator[Any]:
+        with original(engine) as s:
+            real_get = s.get
+            s.get = lambda model, ident, **kw: (  # type: ignore[method-assign]
+                stale if model is Subscription else real_get(model, ident, **kw)
+            )
+            yield s
+
+    invoicing.session = stale_session  # type: ignore[assignment]
+    try:
+        created = invoicing.invoice_due_periods(env.ctx, sub_id, env.clock.now())
+    finally:
+        invoicing.session = original  # type: ignore[assignment]
+    assert created == 0 and invoices_of(env, sub_id) == []
+
+
+def test_a_refused_resend_is_not_taken_as_proof_that_nothing_was_charged(env: Env) -> None:
+    """First send lost; the resend is refused as invalid: the attempt stays unresolved."""
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    env.simulator.faults.queue("drop_after", route="POST /v1/payments")
+    env.simulator.faults.queue("query_lag", route="GET /v1/payments/query")
+    run_billing_pass(env.ctx)
+    # The resend answer: a validation refusal (as if the card had been deleted meanwhile).
+    env.clock.advance(timedelta(minutes=5))
+    from billing.plexo.outcome import ChargeOutcome
+
+    real = env.ctx.plexo.create_payment
+    env.ctx.plexo.create_payment = lambda request: ChargeOutcome(  # type: ignore[method-assign]
+        "declined", decline_code="request-validation-errors", not_charged=True
+    )
+    try:
+        env.simulator.faults.clear()
+        env.simulator.faults.queue("query_lag", route="GET /v1/payments/query")
+        reconcile(env.ctx)
+    finally:
+        env.ctx.plexo.create_payment = real  # type: ignore[method-assign]
+    with session(env.ctx.engine) as s:
+        [attempt] = s.exec(select(ChargeAttempt)).all()
+        [invoice] = s.exec(select(Invoice)).all()
+    assert attempt.send_count == 2 and attempt.state == "unknown"
+    assert invoice.status == "charging", "a refused resend must not reopen the invoice"
+    settle_env(env)
+    assert ledger(env.ctx)["invoices"] == {"paid": 1}
+
+
+def settle_env(env: Env) -> None:
+    for _ in range(20):
+        if not ledger(env.ctx)["unresolved"]:
+            return
+        env.clock.advance(timedelta(minutes=2))
+        reconcile(env.ctx)

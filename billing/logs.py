@@ -54,7 +54,7 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # "maximum number of running instances reached" is the normal sign of a long pass (the
     # next tick is coalesced); job failures are logged by our own listener as job.failed.

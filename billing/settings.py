@@ -195,6 +195,9 @@ class Settings(BaseSettings):
                 "must be a database URL such as sqlite:////var/lib/billing/billing.sqlite3 "
                 "or postgresql+psycopg://user@host/billing"
             )
+        backend = urlsplit(value).scheme.split("+", 1)[0]
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise _invalid(f"unsupported database {backend!r}: use sqlite or postgresql")
         return value
 
     @field_validator("plexo_base_url", mode="before")

@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 import typer
+from sqlalchemy.exc import DBAPIError
 
-from billing.errors import BillingError
+from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
 from billing.settings import Settings, load_settings
 
 P = ParamSpec("P")
@@ -46,12 +47,19 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except BillingError as exc:
-            typer.echo(f"error: {exc}{_hint(exc)}", err=True)
+        except (InvalidInput, NotFound, Conflict, ConfigError) as exc:
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
+        except BillingError as exc:  # the gateway or another dependency failed
+            typer.echo(f"error: {exc}{_hint(exc)}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
         except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
+        except DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            typer.echo(f"error: the database failed: {reason[:300]}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
 
     return wrapper
 

@@ -221,6 +221,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     _say("charged:")
     _say(table(rows, ["currency", "invoices", "amount"]))
     _say(f"unpaid invoices: {summary['unpaid_invoices']} (the declining card)")
-    _say(f"subscriptions by status: {summary['subscriptions']}")
-    _say(f"ledger equals the sandbox's approved payments: {summary['ledger_matches_sandbox']}")
+    states = ", ".join(f"{n} {status}" for status, n in sorted(summary["subscriptions"].items()))
+    _say(f"subscriptions by status: {states}")
+    matches = "yes" if summary["ledger_matches_sandbox"] else "NO"
+    _say(f"ledger equals the sandbox's approved payments: {matches}")
     _say(f"data lives in {summary['data']['directory']} ({summary['data']['database']})")

@@ -44,6 +44,9 @@ def demo(
     """Seed a sandbox and a SQLite store, then bill a few months on the test clock."""
     from billing.cli.demo import run_demo
 
+    if not 1 <= months <= 36:
+        typer.echo(f"error: --months must be between 1 and 36 (got {months})", err=True)
+        raise typer.Exit(2)
     run_demo(months=months, as_json=as_json)
 
 

@@ -85,7 +85,7 @@ def check(as_json: bool = JsonOption) -> None:
             current == head,
             f"at head {head}"
             if current == head
-            else f"at {current}, head is {head}: run `billing db upgrade`",
+            else f"at {current or 'an empty schema'}, head is {head}: run `billing db upgrade`",
         )
     else:
         record("schema", False, "skipped: database unreachable")

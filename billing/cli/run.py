@@ -22,8 +22,10 @@ def parse_as_of(text: str) -> datetime:
     except ValueError:
         raise InvalidInput(f"--as-of {text!r} is not an ISO-8601 timestamp") from None
     if value.tzinfo is None or value.utcoffset() is None:
+        example = value.isoformat()
         raise InvalidInput(
-            f"--as-of {text!r} has no timezone; give an offset, e.g. {text}+00:00 or {text}-03:00"
+            f"--as-of {text!r} has no timezone; give an offset, e.g. {example}+00:00 or "
+            f"{example}-03:00"
         )
     return value
 
@@ -52,6 +54,10 @@ def summary_view(summary: RunSummary) -> dict[str, Any]:
     }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def render_summary(summary: RunSummary) -> str:
     view = summary_view(summary)
     rows = [
@@ -62,9 +68,11 @@ def render_summary(summary: RunSummary) -> str:
         }
         for outcome, entry in view["outcomes"].items()
     ]
+    name = f"run {summary.run_id}" if summary.run_id else "nothing to record"
+    work = "resolved outcome" if summary.kind == "reconcile" else "charge attempt"
     head = (
-        f"run {summary.run_id or '-'} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "
-        f"{summary.invoices_created} invoices created, {summary.attempts} charge attempts"
+        f"{name} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "
+        f"{_count(summary.invoices_created, 'invoice')} created, {_count(summary.attempts, work)}"
     )
     return head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
 

@@ -119,13 +119,21 @@ def create(
     plan: str = typer.Option(..., "--plan", help="Plan code."),
     start: str | None = typer.Option(None, "--start", help="ISO date or datetime with offset."),
     instrument: str | None = typer.Option(None, "--instrument", help="Card id or token."),
+    allow_duplicate: bool = typer.Option(
+        False, "--allow-duplicate", help="Allow a second live subscription to the same plan."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Subscribe a customer to a plan (the anchor is the start)."""
     with open_context(settings()) as ctx:
         begin = parse_start(start, ctx.tz) if start else None
         sub = svc.create_subscription(
-            ctx, customer_ref=customer, plan_code=plan, start=begin, instrument=instrument
+            ctx,
+            customer_ref=customer,
+            plan_code=plan,
+            start=begin,
+            instrument=instrument,
+            allow_duplicate=allow_duplicate,
         )
         view = _views(ctx.engine, [sub])[0]
     output(view, as_json, f"created subscription {sub.id} ({sub.status})")
@@ -171,7 +179,7 @@ def cancel(
             ctx, subscription_id, at_period_end=at_period_end, reason=reason
         )
         view = _views(ctx.engine, [sub])[0]
-    when = "at period end" if sub.cancel_at_period_end else "now"
+    when = "now" if sub.status == "canceled" else f"at period end ({sub.current_period_end})"
     output(view, as_json, f"subscription {subscription_id} canceled {when}")
 
 

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from billing.errors import InvalidInput
 
 # A digit run where single spaces or dashes may separate digits ("4444 3333-2222 1111").
-_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d)*(?!\d)")
-_SEPARATORS = re.compile(r"[ -]")
+_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ .-]?\d)*(?!\d)")
+_SEPARATORS = re.compile(r"[ .-]")
 _MIN_PAN, _MAX_PAN = 13, 19
 # Plexo's documented test cards (plexo-api.md 3.2). Two of them fail Luhn, yet they are card
 # numbers someone may paste from the docs, so they are refused by name.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -12,6 +13,9 @@ CURRENCY_DIGITS: dict[str, int] = {"UYU": 2, "USD": 2}
 # Largest amount accepted, in minor units: far above any real charge, far below the 28 digits
 # of Decimal's default context, so no arithmetic here ever rounds.
 MAX_MINOR = 10**15
+# What a person types for an amount: digits, optionally a point and decimals (no exponent,
+# no grouping); the sign is allowed here only to give "must be greater than zero" below.
+_PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]{1,20}(\.[0-9]{1,20})?")
 
 
 def check_currency(code: str) -> str:
@@ -49,14 +53,18 @@ def parse_amount(text: str | Decimal | int, currency: str) -> int:
     if isinstance(text, float):
         raise InvalidInput("amount must be given as text or Decimal, never a float")
     raw = str(text).strip()
-    if not raw or len(raw) > 32 or "_" in raw or not raw.isascii():
-        raise InvalidInput(f"amount {text!r} is not a number (plain digits, '.' for decimals)")
+    if len(raw) > 40:
+        raise InvalidInput("amount is too long to be a price")
     try:
         value = Decimal(raw)
     except InvalidOperation:
         raise InvalidInput(f"amount {text!r} is not a number") from None
     if not value.is_finite():
         raise InvalidInput(f"amount {text!r} is not a finite number")
+    if isinstance(text, str) and not _PLAIN_DECIMAL.fullmatch(raw):
+        raise InvalidInput(
+            f"amount {text!r}: write plain digits with '.' for decimals (e.g. 590.00)"
+        )
     digits = CURRENCY_DIGITS[currency]
     if abs(value) >= Decimal(MAX_MINOR).scaleb(-digits):
         raise InvalidInput(f"amount {text} is too large")

@@ -73,7 +73,7 @@ def validate_customer(raw: dict[str, Any], today: date) -> CustomerInput:
         raise InvalidInput(f"unknown address field(s) {unknown}; use {list(ADDRESS_KEYS)}")
     status = str(raw.get("status") or "active")
     if status not in CUSTOMER_STATUSES:
-        raise InvalidInput(f"status must be one of {list(CUSTOMER_STATUSES)} (got {status!r})")
+        raise InvalidInput(f"status must be one of {', '.join(CUSTOMER_STATUSES)} (got {status!r})")
     birthdate = raw.get("birthdate")
     return CustomerInput(
         reference_id=ref,
@@ -119,8 +119,10 @@ def _payload(data: CustomerInput) -> CustomerPayload:
 
 def get_customer(s: Session, reference_id: str, *, include_deleted: bool = False) -> Customer:
     customer = s.exec(select(Customer).where(Customer.reference_id == reference_id)).first()
-    if customer is None or (customer.status == "deleted" and not include_deleted):
+    if customer is None:
         raise NotFound(f"no customer with reference {reference_id!r}")
+    if customer.status == "deleted" and not include_deleted:
+        raise NotFound(f"customer {reference_id!r} was deleted (its history is kept)")
     return customer
 
 
@@ -195,7 +197,10 @@ def update_customer(ctx: BillingContext, reference_id: str, changes: dict[str, A
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
-        merged = {**_raw(current_input(customer)), **changes}
+        current = _raw(current_input(customer))
+        if "metadata" in changes:  # --metadata adds or changes keys; it does not drop the rest
+            changes = {**changes, "metadata": {**current["metadata"], **changes["metadata"]}}
+        merged = {**current, **changes}
     data = validate_customer(merged, now.astimezone(ctx.tz).date())
     if data.reference_id != reference_id:
         raise InvalidInput("reference_id cannot be changed")
@@ -227,6 +232,9 @@ def _raw(data: CustomerInput) -> dict[str, Any]:
 
 def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) -> Customer:
     """DELETE at Plexo, cancel the subscriptions, keep the billing history."""
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)

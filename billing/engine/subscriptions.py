@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from billing.domain.cards import refuse_card_numbers
 from billing.domain.lifecycle import SubscriptionStatus, check_transition
 from billing.domain.money import check_currency, parse_amount
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
@@ -38,6 +39,8 @@ def create_plan(
         )
     if not name.strip():
         raise InvalidInput("plan name is required")
+    refuse_card_numbers(code, "plan code")
+    refuse_card_numbers(name, "plan name")
     currency = check_currency(currency)
     minor = parse_amount(amount, currency)
     parsed_interval = parse_interval(interval)
@@ -87,8 +90,13 @@ def create_subscription(
     plan_code: str,
     start: datetime | None = None,
     instrument: str | None = None,
+    allow_duplicate: bool = False,
 ) -> Subscription:
-    """Subscribe a customer. The anchor is the start (after the trial, if the plan has one)."""
+    """Subscribe a customer. The anchor is the start (after the trial, if the plan has one).
+
+    A second live subscription of one customer to one plan is refused unless asked for: it
+    would bill the same service twice.
+    """
     now = ctx.clock.now()
     if start is not None and (start.tzinfo is None or start.utcoffset() is None):
         raise InvalidInput(f"start {start.isoformat()} has no timezone; give an offset or a date")
@@ -98,6 +106,17 @@ def create_subscription(
         plan = get_plan(s, plan_code)
         if not plan.active:
             raise Conflict(f"plan {plan_code!r} is not active")
+        existing = s.exec(
+            select(Subscription.id)
+            .where(Subscription.customer_id == customer.id)
+            .where(Subscription.plan_id == plan.id)
+            .where(Subscription.status != SubscriptionStatus.canceled)
+        ).first()
+        if existing is not None and not allow_duplicate:
+            raise Conflict(
+                f"customer {customer_ref!r} already has subscription {existing} to plan "
+                f"{plan_code!r}; cancel it first or pass --allow-duplicate"
+            )
         instrument_id: int | None = None
         if instrument is not None:
             from billing.engine.customers import _find_instrument
@@ -150,13 +169,24 @@ def list_subscriptions(
         if status is not None:
             if status not in SubscriptionStatus.__members__:
                 raise InvalidInput(
-                    f"unknown status {status!r}; use one of {list(SubscriptionStatus.__members__)}"
+                    f"unknown status {status!r}; use one of "
+                    + ", ".join(SubscriptionStatus.__members__)
                 )
             query = query.where(Subscription.status == status)
         if customer_ref is not None:
             customer = get_customer(s, customer_ref, include_deleted=True)
             query = query.where(Subscription.customer_id == customer.id)
         return list(s.exec(query).all())
+
+
+def checked_reason(reason: str | None) -> str | None:
+    """A person's free-text reason goes into the append-only event log: check it first."""
+    if reason is None:
+        return None
+    refuse_card_numbers(reason, "reason")
+    if len(reason) > 500:
+        raise InvalidInput("reason must be at most 500 characters")
+    return reason.strip() or None
 
 
 def _change(
@@ -190,6 +220,7 @@ def cancel_subscription(
     ctx: BillingContext, subscription_id: int, *, at_period_end: bool, reason: str | None
 ) -> Subscription:
     """Now: stop billing, void open invoices. At period end: bill nothing after the paid period."""
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)
@@ -224,6 +255,7 @@ def pause_subscription(
     ctx: BillingContext, subscription_id: int, reason: str | None
 ) -> Subscription:
     """Paused subscriptions are not invoiced; periods that start while paused are skipped."""
+    reason = checked_reason(reason)
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)
         _change(ctx, s, sub, SubscriptionStatus.paused, reason, "subscription.paused")
@@ -235,6 +267,7 @@ def resume_subscription(
     ctx: BillingContext, subscription_id: int, reason: str | None
 ) -> Subscription:
     """Billing resumes with the first period that starts after now (paused periods are free)."""
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)

@@ -243,3 +243,61 @@ def test_check_passes_against_the_sandbox_and_fails_on_bad_credentials(cli: Cli)
     checks = {c["check"]: c for c in json.loads(bad.stdout)["checks"]}
     assert checks["credentials"]["ok"] is False
     assert "wrong-key" not in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plans", "create", "--code", "p4444333322221111", "--name", "P", "--amount", "1",
+          "--currency", "UYU"], "plan code looks like a card number"),
+        (["plans", "create", "--code", "p", "--name", "Plan 4444 3333 2222 1111", "--amount",
+          "1", "--currency", "UYU"], "plan name looks like a card number"),
+        (["customers", "create", "--reference-id", "c9", "--email", "x@example.com",
+          "--first-name", "4444.3333.2222.1111"], "first_name looks like a card number"),
+        (["subscriptions", "cancel", "1", "--reason", "card 4444333322221111 stolen"],
+         "reason looks like a card number"),
+        (["subscriptions", "pause", "1", "--reason", "4444333322221111"],
+         "reason looks like a card number"),
+        (["customers", "delete", "cus-1", "--reason", "4444333322221111"],
+         "reason looks like a card number"),
+        (["plans", "create", "--code", "p", "--name", "P", "--amount", "1e3", "--currency",
+          "UYU"], "plain digits"),
+    ],
+)  # fmt: skip
+def test_card_numbers_and_odd_amounts_are_refused_everywhere(
+    cli: Cli, args: list[str], message: str
+) -> None:
+    seed(cli)
+    cli.ok("subscriptions", "create", "--customer", "cus-1", "--plan", "basic")
+    refused(cli, args, message)
+
+
+def test_a_second_live_subscription_to_the_same_plan_needs_a_flag(cli: Cli) -> None:
+    seed(cli)
+    cli.ok("subscriptions", "create", "--customer", "cus-1", "--plan", "basic")
+    refused(
+        cli,
+        ["subscriptions", "create", "--customer", "cus-1", "--plan", "basic"],
+        "already has subscription",
+    )
+    cli.ok("subscriptions", "create", "--customer", "cus-1", "--plan", "basic",
+           "--allow-duplicate")  # fmt: skip
+
+
+def test_a_gateway_outage_is_a_failure_not_refused_input(cli: Cli) -> None:
+    result = cli(
+        "customers", "create", "--reference-id", "c1", "--email", "a@example.com",
+        extra_env={"BILLING_PLEXO_BASE_URL": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_a_database_outage_is_one_line_not_a_traceback(cli: Cli) -> None:
+    result = cli(
+        "customers", "list",
+        extra_env={"BILLING_DATABASE_URL": "postgresql://u:SECRET@127.0.0.1:9/billing"},
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "SECRET" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1

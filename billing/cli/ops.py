@@ -124,7 +124,7 @@ def sandbox(
     duplicate_mode: str = typer.Option("reject", "--duplicate-mode", help="reject (409) or replay"),
     decline_style: str = typer.Option("body", "--decline-style", help="body (200) or error (402)"),
 ) -> None:
-    """Serve the Plexo simulator over HTTP; state is in memory (test cards: README, "The sandbox")."""
+    """Serve the Plexo simulator over HTTP; its state is in memory (test cards: README)."""
     from billing.sandbox.server import serve
     from billing.sandbox.simulator import PlexoSimulator
 

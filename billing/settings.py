@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     tick_seconds: int = Field(default=60, gt=0)
     reconcile_seconds: int = Field(default=60, gt=0)
     reaper_seconds: int = Field(default=60, gt=0)
-    resend_grace_seconds: int = Field(default=30, gt=0)
+    resend_grace_seconds: int = Field(default=120, gt=0)
     stop_budget_seconds: int = Field(default=30, gt=0)
     node_name: str = Field(default_factory=default_node_name, max_length=128)  # lease_owner column
     metrics_address: str = "127.0.0.1"

@@ -23,4 +23,4 @@ class BillingContext:
     concurrency: int = 4
     lease_seconds: int = 300
     # How long an attempt Plexo has no record of waits before its referenceId is sent again.
-    resend_grace: timedelta = timedelta(seconds=30)
+    resend_grace: timedelta = timedelta(seconds=120)

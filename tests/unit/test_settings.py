@@ -72,7 +72,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.plexo_timeout_seconds == 30
     assert (settings.lease_seconds, settings.tick_seconds) == (300, 60)
     assert (settings.reconcile_seconds, settings.reaper_seconds) == (60, 60)
-    assert settings.resend_grace_seconds == 30
+    assert settings.resend_grace_seconds == 120
     assert settings.stop_budget_seconds == 30
     assert settings.node_name == f"{socket.gethostname()}-{os.getpid()}"
     assert (settings.metrics_address, settings.metrics_port) == ("127.0.0.1", 9464)

@@ -186,6 +186,20 @@ def _no_instrument(
     )
 
 
+def lock_attempt(s: Session, ref: str) -> tuple[Invoice, ChargeAttempt]:
+    """Lock an attempt's invoice, then the attempt: the one lock order of the engine (then the
+    subscription, where needed). PostgreSQL row locks; SQLite already holds the database lock."""
+    invoice_id = s.exec(
+        select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+    ).one()
+    invoice = s.get(Invoice, invoice_id, with_for_update=True)
+    attempt = s.exec(
+        select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
+    ).one()
+    assert invoice is not None
+    return invoice, attempt
+
+
 def record_outcome(
     ctx: BillingContext,
     ref: str,
@@ -201,15 +215,8 @@ def record_outcome(
     """
     now = ctx.clock.now()
     with session(ctx.engine) as s:
-        invoice_id = s.exec(
-            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
-        ).one()
-        # Lock order: invoice, attempt, subscription (PostgreSQL; SQLite holds the DB lock).
-        invoice = s.get(Invoice, invoice_id, with_for_update=True)
-        attempt = s.exec(
-            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
-        ).one()
-        assert invoice is not None and invoice.id is not None and attempt.id is not None
+        invoice, attempt = lock_attempt(s, ref)
+        assert invoice.id is not None and attempt.id is not None
         result = AttemptResult(invoice.id, "skipped", attempt.amount_minor, attempt.currency)
         if attempt.state not in UNRESOLVED or invoice.status != InvoiceStatus.charging:
             return result

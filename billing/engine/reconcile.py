@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
 from billing.domain.lifecycle import AttemptState, InvoiceStatus
-from billing.engine.charge import AttemptResult, payment_request, record_outcome
+from billing.engine.charge import AttemptResult, lock_attempt, payment_request, record_outcome
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.logs import log_event
@@ -167,14 +167,8 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | Non
     is still charging and leased to us, the attempt still unresolved. None when it no longer is.
     """
     with session(ctx.engine) as s:
-        invoice_id = s.exec(
-            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
-        ).one()
-        invoice = s.get(Invoice, invoice_id, with_for_update=True)
-        attempt = s.exec(
-            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
-        ).one()
-        assert invoice is not None and invoice.id is not None
+        invoice, attempt = lock_attempt(s, ref)
+        assert invoice.id is not None
         if (
             invoice.status != InvoiceStatus.charging
             or invoice.lease_owner != ctx.node
@@ -212,13 +206,7 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | Non
 
 def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta, why: str) -> None:
     with session(ctx.engine) as s:
-        invoice_id = s.exec(
-            select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
-        ).one()
-        s.get(Invoice, invoice_id, with_for_update=True)  # lock order: invoice, then attempt
-        attempt = s.exec(
-            select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
-        ).one()
+        _, attempt = lock_attempt(s, ref)
         if attempt.state not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending):
             return  # resolved meanwhile: nothing to schedule
         if attempt.state == AttemptState.sending:

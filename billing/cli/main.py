@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli import customers, ops, run, subscriptions
+from billing.cli import customers, ledger, ops, run, subscriptions
 from billing.cli.common import GLOBALS
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app.add_typer(customers.app, name="customers")
 app.add_typer(customers.instruments_app, name="instruments")
 app.add_typer(subscriptions.plans_app, name="plans")
 app.add_typer(subscriptions.app, name="subscriptions")
+app.add_typer(ledger.invoices_app, name="invoices")
+app.add_typer(ledger.runs_app, name="runs")
 app.add_typer(ops.config_app, name="config")
 app.add_typer(ops.db_app, name="db")
 app.command("check")(ops.check)

@@ -217,6 +217,11 @@ def test_a_merchant_bills_a_customer_through_the_cli(cli: Cli) -> None:
     assert second["billing_pass"]["invoices_created"] == 1  # Feb 28 (clamped), not March
     again = cli.ok("run", "--once", "--as-of", "2026-03-01T12:00:00-03:00")
     assert again["billing_pass"]["attempts"] == 0
+    invoices = cli.ok("invoices", "list", "--customer", "cus-ana")
+    assert [(i["amount"], i["status"]) for i in invoices] == [("590.50", "paid")] * 2
+    assert invoices[0]["period_start"] > invoices[1]["period_start"]  # newest first
+    runs = cli.ok("runs", "list")
+    assert [r["outcomes"]["approved"]["count"] for r in runs if r["kind"] == "pass"] == [1, 1]
     listed = cli.ok("subscriptions", "list", "--status", "active")
     assert [s["customer"] for s in listed] == ["cus-ana"]
     approved = [p for p in cli.simulator.payments() if p["status"] == "approved"]

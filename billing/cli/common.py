@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,13 +31,17 @@ JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 @dataclass
 class Globals:
     config_path: str | None = None
+    # Tables show times in the merchant's zone (JSON keeps ISO-8601 UTC).
+    display_tz: tzinfo = UTC
 
 
 GLOBALS = Globals()
 
 
 def settings() -> Settings:
-    return load_settings(GLOBALS.config_path)
+    cfg = load_settings(GLOBALS.config_path)
+    GLOBALS.display_tz = cfg.tz
+    return cfg
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -100,18 +104,20 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Plain aligned columns (no colour), for people; --json is for programs."""
     if not rows:
         return "(none)"
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        return value.astimezone(GLOBALS.display_tz).strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return str(value)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
 from billing.engine import customers as svc
 from billing.errors import InvalidInput
 from billing.store.db import session
@@ -206,7 +206,7 @@ def _plain(value: Any) -> str:
     """Nested values as `key: value` pairs, not Python reprs."""
     if isinstance(value, dict):
         return ", ".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
+    return cell(value)
 
 
 @app.command("list")

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import typer
 from sqlmodel import select
 
-from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
 from billing.errors import InvalidInput
@@ -147,7 +147,8 @@ def show(subscription_id: int, as_json: bool = JsonOption) -> None:
         with session(ctx.engine) as s:
             sub = svc.get_subscription(s, subscription_id)
         view = _views(ctx.engine, [sub])[0]
-    output(view, as_json, "\n".join(f"{k:<22} {v}" for k, v in view.items() if v is not None))
+    text = "\n".join(f"{k:<22} {cell(v)}" for k, v in view.items() if v is not None)
+    output(view, as_json, text)
 
 
 @app.command("list")

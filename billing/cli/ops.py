@@ -113,7 +113,7 @@ def _short(exc: Exception) -> str:
 
 
 def _report(checks: list[dict[str, Any]], as_json: bool) -> None:
-    lines = [f"{'ok ' if c['ok'] else 'FAIL'} {c['check']:<12} {c['detail']}" for c in checks]
+    lines = [f"{'ok' if c['ok'] else 'FAIL':<4} {c['check']:<12} {c['detail']}" for c in checks]
     output({"ok": all(c["ok"] for c in checks), "checks": checks}, as_json, "\n".join(lines))
 
 

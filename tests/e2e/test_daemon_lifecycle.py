@@ -7,6 +7,7 @@ can only finish quickly if the stopped one really handed its invoices back.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -155,3 +156,38 @@ def _row_counts(engine: Engine) -> dict[str, int]:
     return {
         name: _count(engine, f'SELECT COUNT(*) FROM "{name}"') for name in SQLModel.metadata.tables
     }
+
+
+def test_a_stop_that_outlasts_the_budget_exits_at_once_and_loses_nothing(
+    sqlite_url: str, sandbox: Sandbox, start_daemon: StartDaemon
+) -> None:
+    """Charges hang at the gateway longer than the stop budget: exit 0 at the budget, not
+    after the hang; the next daemon resolves the abandoned attempts exactly once."""
+    upgrade(sqlite_url)
+    with billing_context(sqlite_url, sandbox.url) as ctx:
+        seed_due(ctx, sandbox.url, 8, threads=2)
+        sandbox.add_fault("latency", probability=1.0, route="POST /v1/payments", seconds=2.5)
+        short = {
+            "BILLING_STOP_BUDGET_SECONDS": "1",
+            "BILLING_LEASE_SECONDS": "4",
+            "BILLING_PLEXO_TIMEOUT_SECONDS": "3",
+        }
+        first = start_daemon(sqlite_url, sandbox.url, "slow-stop", **short)
+        wait_until(
+            lambda: _count(ctx.engine, "SELECT COUNT(*) FROM charge_attempt") > 0,
+            20,
+            "a charge in flight",
+            interval=0.02,
+            alive=first.died,
+        )
+        code, seconds = first.signal_and_wait(signal.SIGTERM, 2.4)
+        assert code == 0, first.tail()
+        assert seconds < 2.4, "it waited for the hanging charges instead of the budget"
+        assert first.events("daemon.stopped")[-1]["graceful"] is False
+        sandbox.clear_faults()
+        second = start_daemon(sqlite_url, sandbox.url, "after-slow-stop", **short)
+        wait_all_paid(ctx, 8, 30, second)
+        sigterm_and_check(second, 5)
+        payments = sandbox.payments()
+        assert set(invoice_refs_charged(payments).values()) == {1}
+        assert ledger(ctx)["approved"] == sandbox_approved(payments)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,9 +107,17 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return "(none)"
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
+    # Numbers and amounts line up on the right, as finance people read them.
+    numeric = [all(_NUMBER.fullmatch(row[i]) for row in cells) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = zip(values, widths, numeric, strict=True)
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in parts).rstrip()
+
+    return "\n".join([line([c.upper() for c in columns]), *(line(row) for row in cells)])
+
+
+_NUMBER = re.compile(r"-|-?[0-9]+(\.[0-9]+)?")
 
 
 def cell(value: Any) -> str:

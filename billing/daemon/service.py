@@ -27,6 +27,8 @@ from billing.store.db import dialect_name, session
 from billing.store.models import ChargeAttempt, Invoice, Subscription
 
 log = logging.getLogger("billing.daemon")
+# An idle daemon still says it is alive in its log this often (metrics say it every scrape).
+HEARTBEAT_SECONDS = 600.0
 
 
 class Daemon:
@@ -34,12 +36,14 @@ class Daemon:
         self.ctx = ctx
         self.stop_budget_seconds = stop_budget_seconds
         self.stopping = threading.Event()
+        self._last_log = time.monotonic()
 
     # --- jobs ----------------------------------------------------------------------------
 
     def billing_pass(self) -> RunSummary:
         summary = run_billing_pass(self.ctx, should_stop=self.stopping.is_set)
         if summary.did_work:
+            self._last_log = time.monotonic()
             log_event(
                 log,
                 "billing.pass",
@@ -51,6 +55,9 @@ class Daemon:
                 pending=summary.count("pending"),
                 unknown=summary.count("unknown"),
             )
+        elif time.monotonic() - self._last_log >= HEARTBEAT_SECONDS:
+            self._last_log = time.monotonic()
+            log_event(log, "daemon.heartbeat", node=self.ctx.node, note="alive, nothing due")
         metrics.LAST_TICK.labels(job="billing_pass").set(time.time())
         return summary
 

@@ -23,8 +23,10 @@ from billing.domain.declines import DeclineClass, classify_decline
 from billing.domain.lifecycle import AttemptState, InvoiceStatus, SubscriptionStatus
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.engine.status import set_status
 from billing.plexo.models import PaymentRequest
 from billing.plexo.outcome import ChargeOutcome
+from billing.store.claims import release_lease
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Customer, Invoice, PaymentInstrument, Subscription
 
@@ -275,7 +277,7 @@ def _approve(
         SubscriptionStatus.trialing,
         SubscriptionStatus.incomplete,
     ) and not _has_other_unpaid(s, invoice):
-        _set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
+        set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
     sub.updated_at = now
     assert invoice.id is not None
     record_event(
@@ -389,35 +391,8 @@ def _mark_past_due(
         SubscriptionStatus.trialing,
         SubscriptionStatus.incomplete,
     ):
-        _set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason)
-
-
-def _set_status(
-    ctx: BillingContext,
-    s: Session,
-    sub: Subscription,
-    status: SubscriptionStatus,
-    now: datetime,
-    reason: str,
-) -> None:
-    old = sub.status
-    sub.status = status
-    sub.updated_at = now
-    s.add(sub)
-    assert sub.id is not None
-    record_event(
-        s,
-        at=now,
-        entity_type="subscription",
-        entity_id=sub.id,
-        event=f"subscription.{status}",
-        actor=ctx.actor,
-        reason=reason,
-        previous=old,
-    )
+        set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason)
 
 
 def _release(ctx: BillingContext, invoice_id: int) -> None:
-    from billing.store.claims import release_lease
-
     release_lease(ctx.engine, invoice_id, ctx.node)

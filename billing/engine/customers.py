@@ -24,6 +24,7 @@ from billing.domain.lifecycle import SubscriptionStatus
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.engine.invoicing import void_open_invoices
+from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.plexo.models import CustomerPayload, PlexoInstrument
 from billing.store.db import session
@@ -256,21 +257,7 @@ def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) 
             .where(Subscription.status != SubscriptionStatus.canceled)
         ).all()
         for sub in subs:
-            sub.status = SubscriptionStatus.canceled
-            sub.canceled_at = now
-            sub.next_billing_at = None
-            sub.updated_at = now
-            s.add(sub)
-            assert sub.id is not None
-            record_event(
-                s,
-                at=now,
-                entity_type="subscription",
-                entity_id=sub.id,
-                event="subscription.canceled",
-                actor=ctx.actor,
-                reason="customer deleted",
-            )
+            set_status(ctx, s, sub, SubscriptionStatus.canceled, now, "customer deleted")
         for instrument in s.exec(
             select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
         ).all():

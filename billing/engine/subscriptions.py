@@ -8,13 +8,14 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from billing.domain.cards import refuse_card_numbers
-from billing.domain.lifecycle import SubscriptionStatus, check_transition
+from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import check_currency, parse_amount
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
 from billing.engine.context import BillingContext
 from billing.engine.customers import get_customer
 from billing.engine.events import record_event
 from billing.engine.invoicing import void_open_invoices
+from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
 from billing.store.models import PaymentInstrument, Plan, Subscription
@@ -189,33 +190,6 @@ def checked_reason(reason: str | None) -> str | None:
     return reason.strip() or None
 
 
-def _change(
-    ctx: BillingContext,
-    s: Session,
-    sub: Subscription,
-    new: SubscriptionStatus,
-    reason: str | None,
-    event: str,
-) -> None:
-    check_transition("subscription", SubscriptionStatus(sub.status), new)
-    now = ctx.clock.now()
-    old = sub.status
-    sub.status = new
-    sub.updated_at = now
-    s.add(sub)
-    assert sub.id is not None
-    record_event(
-        s,
-        at=now,
-        entity_type="subscription",
-        entity_id=sub.id,
-        event=event,
-        actor=ctx.actor,
-        reason=reason,
-        previous=old,
-    )
-
-
 def cancel_subscription(
     ctx: BillingContext, subscription_id: int, *, at_period_end: bool, reason: str | None
 ) -> Subscription:
@@ -245,9 +219,7 @@ def cancel_subscription(
         void_open_invoices(
             ctx, s, now, reason or "subscription canceled", subscription_id=subscription_id
         )
-        _change(ctx, s, sub, SubscriptionStatus.canceled, reason, "subscription.canceled")
-        sub.canceled_at = now
-        sub.next_billing_at = None
+        set_status(ctx, s, sub, SubscriptionStatus.canceled, now, reason)
         return sub
 
 
@@ -258,8 +230,9 @@ def pause_subscription(
     reason = checked_reason(reason)
     with session(ctx.engine) as s:
         sub = get_subscription(s, subscription_id)
-        _change(ctx, s, sub, SubscriptionStatus.paused, reason, "subscription.paused")
-        sub.paused_at = ctx.clock.now()
+        now = ctx.clock.now()
+        set_status(ctx, s, sub, SubscriptionStatus.paused, now, reason)
+        sub.paused_at = now
         return sub
 
 
@@ -285,7 +258,7 @@ def resume_subscription(
             sub.anchor_at, interval, plan.interval_count, next_index, ctx.tz
         )
         sub.paused_at = None
-        _change(ctx, s, sub, SubscriptionStatus.active, reason, "subscription.resumed")
+        set_status(ctx, s, sub, SubscriptionStatus.active, now, reason, "subscription.resumed")
         return sub
 
 

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 
 from billing.domain.money import from_major
 from billing.engine import customers, subscriptions
+from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Invoice, Plan
@@ -81,9 +82,7 @@ def ledger(ctx: BillingContext) -> dict[str, Any]:
         ).all()
         invoices = Counter(s.exec(select(Invoice.status)).all())
         unresolved = s.exec(
-            select(ChargeAttempt.reference_id).where(
-                col(ChargeAttempt.state).in_(["sending", "unknown", "pending"])
-            )
+            select(ChargeAttempt.reference_id).where(col(ChargeAttempt.state).in_(UNRESOLVED))
         ).all()
     return {
         "approved": {ref: (minor, cur) for ref, minor, cur in approved},

@@ -17,8 +17,9 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from billing import metrics
-from billing.domain.lifecycle import AttemptState, InvoiceStatus
+from billing.domain.lifecycle import InvoiceStatus
 from billing.engine.billing_pass import RunSummary, observe, run_billing_pass, save_run
+from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
 from billing.engine.reconcile import reconcile
 from billing.logs import log_event
@@ -119,9 +120,7 @@ class Daemon:
             ).one()
             unresolved, oldest_unknown = s.exec(
                 select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
-                    col(ChargeAttempt.state).in_(
-                        [AttemptState.sending, AttemptState.unknown, AttemptState.pending]
-                    )
+                    col(ChargeAttempt.state).in_(UNRESOLVED)
                 )
             ).one()
         metrics.DUE_BACKLOG.set(due_count)
@@ -146,10 +145,5 @@ class Daemon:
 
 
 def _age(now: datetime, since: datetime | None) -> float:
-    if since is None:
-        return 0.0
-    if since.tzinfo is None:  # aggregates bypass the column type on SQLite
-        from datetime import UTC
-
-        since = since.replace(tzinfo=UTC)
-    return max(0.0, (now - since).total_seconds())
+    """Seconds since `since` (min() keeps the UTCDateTime column type, so it is aware)."""
+    return 0.0 if since is None else max(0.0, (now - since).total_seconds())

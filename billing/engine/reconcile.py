@@ -20,7 +20,13 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
 from billing.domain.lifecycle import AttemptState, InvoiceStatus
-from billing.engine.charge import AttemptResult, lock_attempt, payment_request, record_outcome
+from billing.engine.charge import (
+    UNRESOLVED,
+    AttemptResult,
+    lock_attempt,
+    payment_request,
+    record_outcome,
+)
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.logs import log_event
@@ -131,7 +137,7 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
             attempt.last_sent_at or attempt.created_at,
             attempt.check_count,
         )
-        if attempt.state not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending):
+        if attempt.state not in UNRESOLVED:
             return "resolved"
     delay = next_check_delay(checks + 1)
     try:
@@ -174,8 +180,7 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | Non
             or invoice.lease_owner != ctx.node
             or invoice.lease_until is None
             or invoice.lease_until <= now
-            or attempt.state
-            not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
+            or attempt.state not in UNRESOLVED
         ):
             return None
         sub = s.get(Subscription, invoice.subscription_id)
@@ -207,7 +212,7 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | Non
 def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta, why: str) -> None:
     with session(ctx.engine) as s:
         _, attempt = lock_attempt(s, ref)
-        if attempt.state not in (AttemptState.sending, AttemptState.unknown, AttemptState.pending):
+        if attempt.state not in UNRESOLVED:
             return  # resolved meanwhile: nothing to schedule
         if attempt.state == AttemptState.sending:
             attempt.state = AttemptState.unknown

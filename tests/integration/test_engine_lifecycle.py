@@ -271,3 +271,17 @@ def settle_env(env: Env) -> None:
             return
         env.clock.advance(timedelta(minutes=2))
         reconcile(env.ctx)
+
+
+def test_backlog_gauges_read_ages_from_the_store(env: Env) -> None:
+    from billing import metrics
+    from billing.daemon.service import Daemon
+
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 2, start=START)
+    create_due_invoices(env.ctx, env.clock.now())
+    env.clock.advance(timedelta(minutes=10))
+    Daemon(env.ctx).refresh_gauges(env.clock.now())
+    assert metrics.DUE_BACKLOG._value.get() == 2
+    assert metrics.DUE_OLDEST_AGE._value.get() == 600.0
+    assert metrics.UNKNOWN_OUTCOMES._value.get() == 0

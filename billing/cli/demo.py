@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import typer
 from sqlmodel import col, func, select
 
-from billing.cli.common import print_json, table
+from billing.cli.common import print_json, progress, table
 from billing.cli.run import render_summary
 from billing.clock import TestClock
 from billing.daemon.service import Daemon
@@ -173,8 +172,8 @@ def _simulate(
             if not as_json:
                 _say("")
                 _say(render_summary(extra))
-        if not as_json and day % 30 == 0:
-            print(f"... simulated day {day} of {days}", file=sys.stderr)
+        if day % 30 == 0:
+            progress(f"... simulated day {day} of {days}")
     return runs
 
 

@@ -18,7 +18,7 @@ from billing.engine.invoicing import void_open_invoices
 from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
-from billing.store.models import PaymentInstrument, Plan, Subscription
+from billing.store.models import Plan, Subscription
 
 PLAN_CODE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -260,10 +260,3 @@ def resume_subscription(
         sub.paused_at = None
         set_status(ctx, s, sub, SubscriptionStatus.active, now, reason, "subscription.resumed")
         return sub
-
-
-def instrument_label(s: Session, instrument_id: int | None) -> str | None:
-    if instrument_id is None:
-        return None
-    row = s.get(PaymentInstrument, instrument_id)
-    return f"{row.brand or 'card'} ••••{row.last4}" if row else None

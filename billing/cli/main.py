@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli import customers, ledger, ops, run, subscriptions
+from billing.cli import customers, imports, ledger, ops, run, subscriptions
 from billing.cli.common import GLOBALS
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ def root(
     GLOBALS.config_path = config
 
 
+customers.app.command("import")(imports.customers_import)
+subscriptions.app.command("import")(imports.subscriptions_import)
 app.add_typer(customers.app, name="customers")
 app.add_typer(customers.instruments_app, name="instruments")
 app.add_typer(subscriptions.plans_app, name="plans")

@@ -9,8 +9,11 @@ interrupted import is finished by running the same command again.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -82,48 +85,75 @@ def _error(row: Row, key: str | None, exc: BillingError) -> LineResult:
 def import_customers(
     ctx: BillingContext, rows: Iterable[Row], *, dry_run: bool = False
 ) -> Iterator[LineResult]:
-    """Create each customer as `customers create` does; skip reference_ids already here."""
+    """Create each customer as `customers create` does; skip reference_ids already here.
+
+    Up to ctx.concurrency customers are in flight at Plexo at once (the gateway round trip is
+    most of the time); results come back in file order. Stopping the iteration lets the ones
+    in flight finish (both writes) and starts no more.
+    """
     today = ctx.clock.now().astimezone(ctx.tz).date()
     with session(ctx.engine) as s:
         existing = {c.reference_id: c for c in s.exec(select(Customer)).all()}
     seen: dict[str, int] = {}
-    for row in rows:
-        if row.error is not None:
-            yield LineResult(row.line, "error", row.fields.get("reference_id"), row.error)
-            continue
-        key = row.fields["reference_id"]
-        try:
-            data = customer_svc.validate_customer(_customer_raw(row), today)
-        except BillingError as exc:
-            yield _error(row, key, exc)
-            continue
-        key = data.reference_id
-        if key in seen:
-            yield LineResult(row.line, "skipped", key, f"same reference_id as line {seen[key]}")
-            continue
-        seen[key] = row.line
-        found = existing.get(key)
-        if found is not None:
-            yield LineResult(row.line, "skipped", key, _exists(found, data))
-            continue
-        if dry_run:
-            yield LineResult(row.line, "ok", key, "valid; would be created")
-            continue
-        try:
-            customer = customer_svc.create_customer(ctx, data)
-        except DuplicateReference as exc:
-            yield LineResult(
-                row.line,
-                "error",
-                key,
-                "Plexo already has a customer with this reference_id but this store does not "
-                f"(an interrupted import?); not adopted: {exc}",
-            )
-            continue
-        except BillingError as exc:
-            yield _error(row, key, exc)
-            continue
-        yield LineResult(row.line, "ok", key, f"created (plexo {customer.plexo_id})")
+    width = max(1, ctx.concurrency)
+    pool = ThreadPoolExecutor(width, thread_name_prefix="import")
+    pending: deque[Future[LineResult]] = deque()
+    try:
+        for row in rows:
+            checked = _check_customer(row, today, existing, seen)
+            if isinstance(checked, LineResult):
+                pending.append(_done(checked))
+            elif dry_run:
+                pending.append(_done(LineResult(row.line, "ok", checked.reference_id, "valid")))
+            else:
+                pending.append(pool.submit(_create_customer, ctx, row, checked))
+            while len(pending) >= width or (pending and pending[0].done()):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _done(result: LineResult) -> Future[LineResult]:
+    future: Future[LineResult] = Future()
+    future.set_result(result)
+    return future
+
+
+def _check_customer(
+    row: Row, today: date, existing: dict[str, Customer], seen: dict[str, int]
+) -> LineResult | customer_svc.CustomerInput:
+    """The validated customer to create, or the line's result when there is nothing to do."""
+    if row.error is not None:
+        return LineResult(row.line, "error", row.fields.get("reference_id"), row.error)
+    try:
+        data = customer_svc.validate_customer(_customer_raw(row), today)
+    except BillingError as exc:
+        return _error(row, row.fields["reference_id"], exc)
+    key = data.reference_id
+    if key in seen:
+        return LineResult(row.line, "skipped", key, f"same reference_id as line {seen[key]}")
+    seen[key] = row.line
+    found = existing.get(key)
+    if found is not None:
+        return LineResult(row.line, "skipped", key, _exists(found, data))
+    return data
+
+
+def _create_customer(ctx: BillingContext, row: Row, data: customer_svc.CustomerInput) -> LineResult:
+    key = data.reference_id
+    try:
+        customer = customer_svc.create_customer(ctx, data)
+    except DuplicateReference as exc:
+        reason = (
+            "Plexo already has a customer with this reference_id but this store does not "
+            f"(an interrupted import?); not adopted: {exc}"
+        )
+        return LineResult(row.line, "error", key, reason)
+    except BillingError as exc:
+        return _error(row, key, exc)
+    return LineResult(row.line, "ok", key, f"created (plexo {customer.plexo_id})")
 
 
 def _customer_raw(row: Row) -> dict[str, Any]:
@@ -197,7 +227,7 @@ def import_subscriptions(
             continue
         seen[pair] = row.line
         if dry_run:
-            yield LineResult(row.line, "ok", key, "valid; would be created")
+            yield LineResult(row.line, "ok", key, "valid")
         else:
             yield LineResult(row.line, "ok", key, f"created subscription {sub.id} ({sub.status})")
 

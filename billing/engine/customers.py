@@ -1,11 +1,15 @@
 """Customers and their saved cards, kept in sync with Plexo.
 
 Plexo is written first and our row second, so a refusal at Plexo leaves nothing behind; if our
-write fails after Plexo accepted a new customer, the Plexo customer is deleted again.
+write fails after Plexo accepted a new customer, the Plexo customer is deleted again. Every command
+converges when retried after a failure that Plexo already recorded (a timeout, or our own write
+failing): a create adopts the customer Plexo holds under our reference when its fields match, and
+a delete whose target Plexo confirms is gone finishes here.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -26,9 +30,16 @@ from billing.engine.events import record_event
 from billing.engine.invoicing import void_open_invoices
 from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
-from billing.plexo.models import CustomerPayload, PlexoInstrument
+from billing.plexo.errors import DuplicateReference, PlexoError, PlexoNotFound
+from billing.plexo.models import (
+    CustomerPayload,
+    PlexoCustomer,
+    PlexoInstrument,
+)
 from billing.store.db import session
 from billing.store.models import Customer, PaymentInstrument, Subscription
+
+log = logging.getLogger(__name__)
 
 ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
 CUSTOMER_STATUSES = ("active", "inactive")
@@ -133,7 +144,11 @@ def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
         taken = s.exec(select(Customer.id).where(Customer.reference_id == data.reference_id))
         if taken.first() is not None:
             raise Conflict(f"a customer with reference {data.reference_id!r} already exists")
-    remote = ctx.plexo.create_customer(_payload(data))
+    payload = _payload(data)
+    try:
+        remote = ctx.plexo.create_customer(payload)
+    except DuplicateReference:
+        remote = _adopt(ctx, payload)
     try:
         with session(ctx.engine) as s:
             customer = Customer(
@@ -159,8 +174,48 @@ def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
             )
             return customer
     except Exception:
-        ctx.plexo.delete_customer(remote.id)  # compensate: no orphan at Plexo
+        try:
+            ctx.plexo.delete_customer(remote.id)  # compensate: no orphan at Plexo
+        except PlexoError:  # the retry adopts it (same reference, same fields)
+            log.warning("customer.compensation_failed", extra={"event": "customer.orphan"})
         raise
+
+
+def _adopt(ctx: BillingContext, payload: CustomerPayload) -> PlexoCustomer:
+    """Plexo already holds our reference (an earlier try it recorded): take it if it is ours."""
+    found = ctx.plexo.find_customer(payload.reference_id)
+    if found is None:
+        raise Conflict(
+            f"Plexo refuses reference {payload.reference_id!r} as a duplicate but does not list it"
+        )
+    differs = _differences(payload, found)
+    if differs:
+        raise Conflict(
+            f"Plexo already has customer {payload.reference_id!r} ({found.id}) with other "
+            f"{', '.join(differs)}; not adopting it"
+        )
+    return found
+
+
+def _differences(payload: CustomerPayload, remote: PlexoCustomer) -> list[str]:
+    """Names of the fields where Plexo's customer differs from what we would send."""
+    ours = payload.model_dump()
+    theirs = remote.model_dump()
+    theirs["address"] = theirs["address"] or None
+    return [
+        name
+        for name in (
+            "email",
+            "first_name",
+            "last_name",
+            "phone",
+            "document",
+            "address",
+            "birthdate",
+            "metadata",
+        )
+        if ours[name] != theirs[name]
+    ]
 
 
 def _apply(customer: Customer, data: CustomerInput) -> None:
@@ -241,7 +296,12 @@ def delete_customer(ctx: BillingContext, reference_id: str, reason: str | None) 
         customer = get_customer(s, reference_id)
         plexo_id = customer.plexo_id
     if plexo_id:
-        ctx.plexo.delete_customer(plexo_id)
+        try:
+            ctx.plexo.delete_customer(plexo_id)
+        except PlexoNotFound:
+            # Gone already (an earlier try Plexo recorded)? Only Plexo's own word counts.
+            if not ctx.plexo.customer_gone(plexo_id):
+                raise
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
         assert customer.id is not None
@@ -292,7 +352,13 @@ def link_instrument(ctx: BillingContext, reference_id: str) -> str:
         customer = get_customer(s, reference_id)
     assert customer.plexo_id is not None
     ref = f"tok-{customer.reference_id}-{int(ctx.clock.now().timestamp())}"
-    return ctx.plexo.create_tokenization_session(customer.plexo_id, ref).url
+    try:
+        return ctx.plexo.create_tokenization_session(customer.plexo_id, ref).url
+    except DuplicateReference:  # opened by an earlier try that timed out: hand out that one
+        found = ctx.plexo.find_session(customer.plexo_id, ref)
+        if found is None:
+            raise
+        return found.url
 
 
 def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInstrument]:
@@ -396,7 +462,13 @@ def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> Pay
         customer = get_customer(s, reference_id)
         instrument = _find_instrument(s, customer, which)
     assert customer.plexo_id is not None
-    ctx.plexo.delete_instrument(customer.plexo_id, instrument.token)
+    try:
+        ctx.plexo.delete_instrument(customer.plexo_id, instrument.token)
+    except PlexoNotFound:
+        # Removed by an earlier try? Believe the 404 only when Plexo's list agrees.
+        listed = ctx.plexo.list_instruments(customer.plexo_id)
+        if any(i.token == instrument.token and i.status != "removed" for i in listed):
+            raise
     with session(ctx.engine) as s:
         row = s.get(PaymentInstrument, instrument.id)
         assert row is not None and customer.id is not None and row.id is not None

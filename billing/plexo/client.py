@@ -155,6 +155,29 @@ class PlexoClient:
         items = self._read(unwrap_list, body, ROUTE_CUSTOMERS)
         return [self._read(PlexoCustomer.from_api, item, ROUTE_CUSTOMERS) for item in items]
 
+    def find_customer(self, reference_id: str) -> PlexoCustomer | None:
+        """The customer with this referenceId, filtered here (the query filter is undocumented)."""
+        body = self._call(
+            "GET", ROUTE_CUSTOMERS, "/v1/customers", params={"referenceId": reference_id}
+        )
+        items = self._read(unwrap_list, body, ROUTE_CUSTOMERS)
+        for item in items:
+            customer = self._read(PlexoCustomer.from_api, item, ROUTE_CUSTOMERS)
+            if customer.reference_id == reference_id:
+                return customer
+        return None
+
+    def customer_gone(self, customer_id: str) -> bool:
+        """True only when Plexo itself says the customer does not exist (its 404 envelope).
+
+        A bare 404 (a proxy, a wrong base URL) proves nothing, so it counts as "not known gone".
+        """
+        try:
+            self.get_customer(customer_id)
+        except PlexoNotFound as exc:
+            return exc.code is not None
+        return False
+
     def verify_credentials(self) -> None:
         """Cheap authenticated call; raises AuthenticationFailed or GatewayUnavailable."""
         self._call("GET", ROUTE_CUSTOMERS, "/v1/customers")
@@ -170,6 +193,18 @@ class PlexoClient:
     def delete_instrument(self, customer_id: str, token: str) -> None:
         path = f"/v1/customers/{_segment(customer_id)}/payment-instruments/{_segment(token)}"
         self._call("DELETE", ROUTE_INSTRUMENT, path)
+
+    def find_session(self, customer_id: str, reference_id: str) -> TokenizationSession | None:
+        """The session opened for this customer under this referenceId, if Plexo lists it."""
+        body = self._call("GET", ROUTE_SESSIONS, "/v1/sessions")
+        for item in self._read(unwrap_list, body, ROUTE_SESSIONS):
+            if (
+                isinstance(item, Mapping)
+                and field(item, "referenceId") == reference_id
+                and field(item, "customerId") == customer_id
+            ):
+                return self._read(TokenizationSession.from_api, item, ROUTE_SESSIONS)
+        return None
 
     def create_tokenization_session(
         self,

@@ -29,7 +29,6 @@ from billing.engine import customers as customer_svc
 from billing.engine import subscriptions as subscription_svc
 from billing.engine.context import BillingContext
 from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
-from billing.plexo.errors import DuplicateReference
 from billing.store.db import session
 from billing.store.models import Customer, Plan, Subscription
 from billing.wiring import open_context
@@ -145,12 +144,6 @@ def _create_customer(ctx: BillingContext, row: Row, data: customer_svc.CustomerI
     key = data.reference_id
     try:
         customer = customer_svc.create_customer(ctx, data)
-    except DuplicateReference as exc:
-        reason = (
-            "Plexo already has a customer with this reference_id but this store does not "
-            f"(an interrupted import?); not adopted: {exc}"
-        )
-        return LineResult(row.line, "error", key, reason)
     except BillingError as exc:
         return _error(row, key, exc)
     return LineResult(row.line, "ok", key, f"created (plexo {customer.plexo_id})")

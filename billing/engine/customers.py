@@ -204,17 +204,8 @@ def _differences(payload: CustomerPayload, remote: PlexoCustomer) -> list[str]:
     theirs["address"] = theirs["address"] or None
     return [
         name
-        for name in (
-            "email",
-            "first_name",
-            "last_name",
-            "phone",
-            "document",
-            "address",
-            "birthdate",
-            "metadata",
-        )
-        if ours[name] != theirs[name]
+        for name in CustomerPayload.model_fields
+        if name != "reference_id" and ours[name] != theirs[name]
     ]
 
 

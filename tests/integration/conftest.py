@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import MetaData, func, select
 
 from billing.clock import TestClock
 from billing.engine.context import BillingContext
@@ -53,3 +54,18 @@ def env(db_url: str) -> Iterator[Env]:
         finally:
             client.close()
             engine.dispose()
+
+
+def table_counts(db_url: str) -> dict[str, int]:
+    """Row counts of every table of the store (schema version aside): "nothing written" evidence."""
+    engine = make_engine(db_url)
+    meta = MetaData()
+    meta.reflect(engine)
+    with engine.connect() as conn:
+        counts = {
+            name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for name, table in meta.tables.items()
+            if name != "alembic_version"
+        }
+    engine.dispose()
+    return counts

@@ -14,14 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import MetaData, func, select
 from typer.testing import CliRunner
 
 from billing.cli.main import app
 from billing.sandbox.server import SandboxServer
 from billing.sandbox.simulator import PlexoSimulator
-from billing.store.db import make_engine
 from billing.store.migrate import upgrade
+from tests.integration.conftest import table_counts
 
 
 @dataclass
@@ -42,15 +41,7 @@ class Cli:
 
     def snapshot(self) -> dict[str, int]:
         """Row counts of every table plus what the sandbox holds: 'nothing written' evidence."""
-        engine = make_engine(self.db_url)
-        meta = MetaData()
-        meta.reflect(engine)
-        with engine.connect() as conn:
-            counts = {
-                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
-                for name, table in meta.tables.items()
-            }
-        engine.dispose()
+        counts = table_counts(self.db_url)
         with httpx.Client(base_url=self.sandbox_url) as http:
             counts["sandbox_payments"] = len(http.get("/sandbox/payments").json())
             auth = ("sandbox-client", "sandbox-key")

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import MetaData, func, select
 from typer.testing import CliRunner
 
 from billing.cli.imports import CUSTOMER_COLUMNS, import_customers
@@ -30,6 +29,7 @@ from billing.plexo.models import CustomerPayload
 from billing.sandbox.server import SandboxServer
 from billing.sandbox.simulator import PlexoSimulator
 from billing.store.db import make_engine
+from tests.integration.conftest import table_counts
 
 AUTH = ("sandbox-client", "sandbox-key")
 
@@ -61,16 +61,7 @@ class Cli:
         return result.exit_code, lines, result.stderr
 
     def snapshot(self) -> dict[str, int]:
-        engine = make_engine(self.db_url)
-        meta = MetaData()
-        meta.reflect(engine)
-        with engine.connect() as conn:
-            counts = {
-                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
-                for name, table in meta.tables.items()
-                if name != "alembic_version"
-            }
-        engine.dispose()
+        counts = table_counts(self.db_url)
         with httpx.Client(base_url=self.sandbox_url) as http:
             counts["sandbox_customers"] = len(http.get("/v1/customers", auth=AUTH).json())
         return counts

@@ -123,6 +123,27 @@ def classify_decline(code: str | None) -> DeclineClass:
     return _BY_CODE.get(normalize_decline_code(code), DeclineClass.soft)
 
 
+# When a decline carries two codes (the processor's resultCode and the envelope's declineCode)
+# that disagree, the more cautious class wins: a "stolen_card" is never retried because its
+# number said "05".
+_PRECEDENCE = (
+    DeclineClass.hard,
+    DeclineClass.technical,
+    DeclineClass.invalid_request,
+    DeclineClass.soft,
+)
+
+
+def classify_decline_codes(*codes: str | None) -> DeclineClass:
+    """The class of a decline from all the codes it came with; the most cautious known one."""
+    known = {
+        _BY_CODE[normalize_decline_code(c)]
+        for c in codes
+        if c and normalize_decline_code(c) in _BY_CODE
+    }
+    return next((k for k in _PRECEDENCE if k in known), DeclineClass.soft)
+
+
 def is_never_retry(code: str | None) -> bool:
     """True for hard declines: the card must not be charged again."""
     return classify_decline(code) is DeclineClass.hard

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from billing.domain.declines import DeclineClass, classify_decline
+from billing.domain.declines import DeclineClass, classify_decline_codes
 from billing.domain.lifecycle import AttemptState, InvoiceStatus, SubscriptionStatus
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
@@ -240,7 +240,7 @@ def record_outcome(
         if kind == "approved":
             _approve(ctx, s, attempt, invoice, sub, now)
         elif kind == "declined":
-            decline_class = classify_decline(outcome.decline_code)
+            decline_class = classify_decline_codes(outcome.decline_code, outcome.result_code)
             _decline(ctx, s, attempt, invoice, sub, outcome, decline_class, now)
         else:
             _leave_unresolved(ctx, s, attempt, invoice, outcome, now, check_delay)
@@ -308,6 +308,7 @@ def _decline(
     attempt.resolved_at = now
     attempt.next_check_at = None
     attempt.decline_code = (outcome.decline_code or "")[:32] or None
+    attempt.result_code = (outcome.result_code or "")[:16] or None
     attempt.decline_class = decline_class
     invoice.status = InvoiceStatus.open
     invoice.last_decline_code = attempt.decline_code
@@ -336,6 +337,7 @@ def _decline(
         reason=reason,
         reference_id=attempt.reference_id,
         decline_code=attempt.decline_code,
+        result_code=attempt.result_code,
         decline_class=decline_class,
     )
 

@@ -277,7 +277,9 @@ class PlexoClient:
                 outcome_from_payment(body, http_status=status, reference_id=reference_id)
             )
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock.now())
-        return self._scrub_outcome(outcome_from_error(status, body, retry_after=retry_after))
+        return self._scrub_outcome(
+            outcome_from_error(status, body, retry_after=retry_after, reference_id=reference_id)
+        )
 
     def get_payment(self, payment_id: str, reference_id: str | None = None) -> ChargeOutcome:
         """The payment's current state. Raises PaymentNotFound (404) or another PlexoError.

@@ -1,8 +1,12 @@
 """What a charge came to: approved, declined, pending or unknown — never a guess.
 
-Only `approved` means money was taken. `declined` means it was not (with `not_charged=True`
-when the gateway refused the request itself: validation, auth, unknown token). `pending` and
-`unknown` leave the attempt for the reconciler, which asks Plexo before anything is resent.
+Only `approved` means money was taken. `declined` means it was not, and only a recognised Plexo
+body can say so: a payment body naming our referenceId, or Plexo's flat error envelope (`code`
+and `type`, and `status` equal to the HTTP status when present) with a processor decline or a
+validation/auth refusal (`not_charged=True`). Anything else — any status with an HTML page, an
+empty or truncated body, a JSON that is not Plexo's envelope — is `unknown`: something in front
+of Plexo may have answered after Plexo recorded the payment, so the reconciler asks Plexo before
+anything is resent.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ DUPLICATE_REFERENCE = "duplicate-reference-id"
 MAX_RETRY_AFTER_SECONDS = 3600.0
 VALIDATION_CODES = frozenset({"request-validation-errors"})
 VALIDATION_TYPES = frozenset({"invalid-request-error"})
+# A refusal of the request itself proves no money moved only with one of these envelope types
+# (or codes), at one of these statuses: 409 (a conflict: something exists) and 429 never do.
+REFUSAL_TYPES = frozenset({"invalid-request-error", "authentication-error"})
+REFUSAL_CODES = frozenset({"request-validation-errors", "unauthorized", "forbidden"})
+REFUSAL_STATUSES = frozenset({400, 401, 403, 404, 422})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +47,8 @@ class ChargeOutcome:
     kind: OutcomeKind
     payment_id: str | None = None
     status: str | None = None
-    decline_code: str | None = None
+    decline_code: str | None = None  # the word ("stolen_card"), else the processor code
+    result_code: str | None = None  # the processor's resultCode ("43"), when sent
     decline_message: str | None = None
     http_status: int | None = None
     retry_after: float | None = None
@@ -81,12 +91,22 @@ def outcome_from_payment(
             "pending", payment_id, status, http_status=http_status, detail=f"payment {status}"
         )
     if status in DECLINED_STATUSES:
-        code, message = _decline_reason(data)
+        if reference_id is not None and echoed is None:
+            # "Not charged" reopens the invoice: only a body that names our charge may say it.
+            return ChargeOutcome(
+                "unknown",
+                payment_id,
+                status,
+                http_status=http_status,
+                detail=f"payment {status} without a referenceId: not proven ours",
+            )
+        word, result_code, message = _decline_reason(data)
         return ChargeOutcome(
             "declined",
             payment_id,
             status,
-            decline_code=code or status,
+            decline_code=word or result_code or status,
+            result_code=result_code,
             decline_message=message,
             http_status=http_status,
         )
@@ -99,33 +119,73 @@ def outcome_from_payment(
     )
 
 
-def _decline_reason(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The decline's code and message: the last refused transaction, else the envelope fields.
+def _decline_reason(data: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """The decline's word, processor code and message: the last refused transaction first.
 
     The last transaction of a cancelled payment is an approved cancellation (resultCode "0"),
     so the last transaction that was not approved is preferred over `transactions[-1]`.
     """
-    transactions = [camel_keys(t) for t in data.get("transactions") or [] if isinstance(t, Mapping)]
+    raw = data.get("transactions")
+    transactions = (
+        [camel_keys(t) for t in raw if isinstance(t, Mapping)] if isinstance(raw, list) else []
+    )
     refused = [t for t in transactions if (_text(t.get("status")) or "").lower() != "approved"]
     chosen = refused[-1] if refused else (transactions[-1] if transactions else {})
-    code = _text(chosen.get("resultCode")) or _text(data.get("declineCode"))
+    word = _text(chosen.get("declineCode")) or _text(data.get("declineCode"))
+    result_code = _text(chosen.get("resultCode")) or _text(data.get("resultCode"))
     message = (
         _text(chosen.get("resultMessage"))
         or _text(data.get("declineMessage"))
         or _text(data.get("message"))
     )
-    return code, message
+    return word, result_code, message
+
+
+def plexo_envelope(body: Any, http_status: int) -> ErrorEnvelope | None:
+    """Plexo's own error envelope in `body`, or None for any other answer.
+
+    Recognised only in its documented shape (plexo-api.md 3.3): flat, with a `code` and a
+    `type`, and a `status` that agrees with the HTTP status when it is present. A proxy's HTML,
+    an empty body or another server's JSON (`{"message": "Forbidden"}`, `{"error": {...}}`,
+    Spring's `{"status", "error", "path"}`) is not Plexo speaking.
+    """
+    if not isinstance(body, Mapping):
+        return None
+    data = camel_keys(body)
+    if "error" in data or not all(isinstance(data.get(k), str) for k in ("code", "type")):
+        return None
+    envelope = ErrorEnvelope.parse(body)
+    if envelope is None or envelope.code is None or envelope.type is None:
+        return None
+    status = data.get("status", http_status)
+    if isinstance(status, bool) or not isinstance(status, int) or status != http_status:
+        return None
+    return envelope
 
 
 def outcome_from_error(
-    http_status: int, body: Any, *, retry_after: float | None = None
+    http_status: int,
+    body: Any,
+    *,
+    retry_after: float | None = None,
+    reference_id: str | None = None,
 ) -> ChargeOutcome:
     """Classify a non-2xx answer to POST /v1/payments (`body` is the parsed JSON or None).
 
-    "Not charged" only where the request clearly never reached a processor; everything
-    ambiguous is `unknown` so the reconciler asks Plexo before anything is resent.
+    Declined only on a recognised Plexo body (see the module docstring); everything else is
+    `unknown` so the reconciler asks Plexo before anything is resent.
     """
-    envelope = ErrorEnvelope.parse(body)
+    if (
+        reference_id is not None
+        and isinstance(body, Mapping)
+        and _text(camel_keys(body).get("referenceId")) == reference_id
+        and _text(camel_keys(body).get("status")) is not None
+        and "code" not in camel_keys(body)
+    ):
+        # A payment body for our own charge under an error status: its status decides.
+        return outcome_from_payment(body, http_status=http_status, reference_id=reference_id)
+    loose = ErrorEnvelope.parse(body)
+    envelope = plexo_envelope(body, http_status)
     code = envelope.code if envelope else None
     where = f"HTTP {http_status}" + (f" {code}" if code else "")
     if envelope and envelope.trace_id:
@@ -142,9 +202,12 @@ def outcome_from_error(
         )
 
     def declined(decline_code: str, *, not_charged: bool) -> ChargeOutcome:
+        assert envelope is not None
         return ChargeOutcome(
             "declined",
+            payment_id=_envelope_payment_id(body),
             decline_code=decline_code,
+            result_code=_text(camel_keys(body).get("resultCode")),
             decline_message=message,
             http_status=http_status,
             not_charged=not_charged,
@@ -153,28 +216,32 @@ def outcome_from_error(
 
     if http_status == 429:
         return unknown("rate limited")
-    if _says_duplicate(code, envelope.decline_code if envelope else None):
+    if loose is not None and _says_duplicate(loose.code, loose.decline_code):
         # However it is spelled, "duplicate" means a payment may exist: never "declined".
         return unknown("a payment with this referenceId exists", duplicate=True)
     if http_status >= 500 or http_status < 400:
         return unknown("gateway error")
-    if envelope and envelope.decline_code:
+    if envelope is None:
+        return unknown("not a Plexo answer, so not proof that nothing was charged")
+    if http_status == 409:
+        return unknown("conflict")
+    if envelope.decline_code:
         return declined(envelope.decline_code, not_charged=False)
-    if http_status == 402 and envelope:
-        return declined(code or "payment-required", not_charged=False)
-    if http_status in (401, 403):
-        return declined(
-            code or ("unauthorized" if http_status == 401 else "forbidden"), not_charged=True
-        )
-    if http_status == 404:
-        return declined(code or "not-found", not_charged=True)
-    if (
-        http_status in (400, 422)
-        and envelope
-        and (code in VALIDATION_CODES or envelope.type in VALIDATION_TYPES)
+    if http_status == 402:
+        return declined(envelope.code or "payment-required", not_charged=False)
+    if http_status in REFUSAL_STATUSES and (
+        envelope.type in REFUSAL_TYPES or envelope.code in REFUSAL_CODES
     ):
-        return declined(code or "request-validation-errors", not_charged=True)
+        return declined(envelope.code or "request-refused", not_charged=True)
     return unknown("unclassified gateway answer")
+
+
+def _envelope_payment_id(body: Any) -> str | None:
+    """The payment id a decline envelope carries (`paymentId`, or a nested `payment.id`)."""
+    data = camel_keys(body)
+    payment = data.get("payment")
+    nested = _text(camel_keys(payment).get("id")) if isinstance(payment, Mapping) else None
+    return _text(data.get("paymentId")) or nested
 
 
 def _says_duplicate(code: str | None, decline_code: str | None) -> bool:

@@ -11,6 +11,11 @@ Modes (the "after" ones record the state change first, so the reconcile path get
 | `drop_after`    | close the connection without a response                        | yes       |
 | `rate_limit`    | 429 with `Retry-After: retry_after` (default 1)                | no        |
 | `query_lag`     | a payment query answers an empty page (the index lags behind)  | n/a       |
+| `bare_before`   | a non-Plexo answer (`status`, `body` shape) from "a proxy"     | no        |
+| `bare_after`    | the same, after the state change was recorded                  | yes       |
+
+`bare_*` answers are what something in front of Plexo sends (a load balancer's 404 page, an
+empty 403, another server's JSON): `body` is one of BARE_BODIES' shapes, `status` 400 to 599.
 
 A route is `"METHOD /path"` where a `{name}` or `*` segment matches any one segment, the method
 may be `*`, and `None` or `"*"` matches every API route. `/sandbox/*` control routes never fault.
@@ -36,10 +41,34 @@ MODES: tuple[str, ...] = (
     "drop_after",
     "rate_limit",
     "query_lag",
+    "bare_before",
+    "bare_after",
 )
 
+# What a proxy, load balancer or WAF in front of Plexo answers: never Plexo's envelope.
+BARE_BODIES: dict[str, tuple[str, bytes]] = {
+    "html": (
+        "text/html",
+        b"<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}"
+        b"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
+    ),
+    "empty": ("text/plain", b""),
+    "text": ("text/plain", b"{status}"),
+    "json": ("application/json", b'{"message": "{status}"}'),
+    "spring": (
+        "application/json",
+        b'{"timestamp": "2026-01-01T00:00:00Z", "status": {status}, "error": "{status}", '
+        b'"path": "/v1/payments"}',
+    ),
+    "nested": (
+        "application/json",
+        b'{"error": {"code": "unauthorized", "message": "{status}"}}',
+    ),
+    "truncated": ("application/json", b'{"code": "unauthorized", "type": "authentica'),
+}
+
 # Parameters each mode takes, with their defaults (None: taken from the plan at pick time).
-_PARAMS: dict[str, dict[str, float | int | None]] = {
+_PARAMS: dict[str, dict[str, float | int | str | None]] = {
     "latency": {"seconds": 1.0},
     "error_before": {},
     "error_after": {"status": 502},
@@ -47,6 +76,8 @@ _PARAMS: dict[str, dict[str, float | int | None]] = {
     "drop_after": {},
     "rate_limit": {"retry_after": 1},
     "query_lag": {},
+    "bare_before": {"status": 404, "body": "html"},
+    "bare_after": {"status": 404, "body": "html"},
 }
 _ERROR_AFTER_STATUSES = frozenset({500, 502, 503, 504})
 DEFAULT_ROUTE = "POST /v1/payments"
@@ -57,10 +88,13 @@ class Fault:
     """One fault chosen for one request."""
 
     mode: str
-    params: dict[str, float | int] = field(default_factory=dict)
+    params: dict[str, float | int | str] = field(default_factory=dict)
 
     def number(self, name: str) -> float:
         return float(self.params[name])
+
+    def text(self, name: str) -> str:
+        return str(self.params[name])
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +160,17 @@ def _check_fault(mode: str, params: dict[str, Any]) -> Fault:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise InvalidInput(f"fault mode {mode!r} takes no parameter(s) {', '.join(unknown)}")
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | str] = {}
     for name, default in allowed.items():
         value = params.get(name, default)
         if value is None:
+            continue
+        if isinstance(default, str):
+            if value not in BARE_BODIES:
+                raise InvalidInput(
+                    f"fault parameter {name} must be one of {', '.join(BARE_BODIES)}"
+                )
+            values[name] = str(value)
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInput(f"fault parameter {name} must be a number")
@@ -138,7 +179,18 @@ def _check_fault(mode: str, params: dict[str, Any]) -> Fault:
         values[name] = value
     if mode == "error_after" and int(values["status"]) not in _ERROR_AFTER_STATUSES:
         raise InvalidInput("error_after status must be one of 500, 502, 503, 504")
+    if mode.startswith("bare_") and not (
+        float(values["status"]).is_integer() and 400 <= int(values["status"]) <= 599
+    ):
+        raise InvalidInput(f"{mode} status must be an HTTP status from 400 to 599")
     return Fault(mode, values)
+
+
+def bare_answer(fault: Fault) -> tuple[int, str, bytes]:
+    """The status, content type and body of a `bare_*` fault's answer."""
+    status = int(fault.number("status"))
+    content_type, template = BARE_BODIES[fault.text("body")]
+    return status, content_type, template.replace(b"{status}", str(status).encode())
 
 
 class FaultPlan:

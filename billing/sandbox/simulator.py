@@ -85,7 +85,7 @@ from billing.sandbox.cards import (
     profile_card,
 )
 from billing.sandbox.checkout import checkout_page
-from billing.sandbox.faults import DEFAULT_ROUTE, Fault, FaultPlan
+from billing.sandbox.faults import DEFAULT_ROUTE, Fault, FaultPlan, bare_answer
 from billing.sandbox.wire import BadJson, dumps, iso, loads_object
 
 DuplicateMode = Literal["reject", "replay"]
@@ -419,7 +419,7 @@ class PlexoSimulator:
                     headers={"www-authenticate": 'Basic realm="plexo-sandbox"'},
                 )
             fault = self.faults.pick(request.method, path)
-            if fault is not None and fault.mode in {"error_before", "rate_limit"}:
+            if fault is not None and fault.mode in {"error_before", "rate_limit", "bare_before"}:
                 return self._fault_before(fault)
             if fault is not None and fault.mode == "query_lag":
                 return self._json_response(200, {"items": [], "page": 1, "size": 0, "total": 0})
@@ -433,6 +433,8 @@ class PlexoSimulator:
             )
 
     def _fault_before(self, fault: Fault) -> SimResponse:
+        if fault.mode == "bare_before":
+            return self._bare(fault)
         if fault.mode == "rate_limit":
             retry_after = int(fault.number("retry_after"))
             return self._error_response(
@@ -461,7 +463,14 @@ class PlexoSimulator:
             return replace(response, fault="timeout", hang_seconds=fault.number("hang_seconds"))
         if fault.mode == "drop_after":
             return replace(response, fault="drop")
+        if fault.mode == "bare_after":
+            return self._bare(fault)
         return response
+
+    @staticmethod
+    def _bare(fault: Fault) -> SimResponse:
+        status, content_type, body = bare_answer(fault)
+        return SimResponse(status, {"content-type": content_type}, body)
 
     # ----- plumbing --------------------------------------------------------------------------
 
@@ -907,7 +916,11 @@ class PlexoSimulator:
                 "payment-declined",
                 f"The payment was declined: {outcome.message}.",
                 "card-error",
-                extra={"declineCode": outcome.decline_code},
+                extra={
+                    "declineCode": outcome.decline_code,
+                    "resultCode": outcome.result_code,
+                    "paymentId": payment.id,
+                },
             )
         return self._json_response(200, dto)
 

@@ -167,7 +167,8 @@ class ChargeAttempt(SQLModel, table=True):
     currency: str = Field(max_length=3)
     instrument_id: int | None = Field(default=None, foreign_key="payment_instrument.id")
     plexo_payment_id: str | None = Field(default=None, max_length=64)
-    decline_code: str | None = Field(default=None, max_length=32)
+    decline_code: str | None = Field(default=None, max_length=32)  # the word, else the number
+    result_code: str | None = Field(default=None, max_length=16)  # the processor's resultCode
     decline_class: str | None = Field(default=None, max_length=16)
     message: str | None = Field(default=None, max_length=500)
     node: str = Field(max_length=128)

@@ -48,7 +48,7 @@ def test_soft_decline_marks_past_due_and_keeps_the_invoice_open(env: Env) -> Non
     [invoice] = invoices_of(env, sub_id)
     assert (invoice.status, invoice.last_decline_code, invoice.last_decline_class) == (
         "open",
-        "51",
+        "insufficient_funds",  # the word; the processor's "51" is the attempt's result_code
         "soft",
     )
     assert invoice.next_attempt_at is None  # the retry policy (next issue) schedules retries
@@ -63,7 +63,7 @@ def test_hard_decline_is_classified_hard(env: Env) -> None:
     [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, card="4000000000000119")
     run_billing_pass(env.ctx)
     [invoice] = invoices_of(env, sub_id)
-    assert (invoice.last_decline_code, invoice.last_decline_class) == ("43", "hard")
+    assert (invoice.last_decline_code, invoice.last_decline_class) == ("stolen_card", "hard")
 
 
 def test_pending_payment_settles_through_the_reconciler(env: Env) -> None:

@@ -116,3 +116,53 @@ def test_catch_up_after_an_outage_bills_every_missed_period_once(env: Env) -> No
     env.simulator.faults.clear()
     run_billing_pass(env.ctx)  # nothing new: every period already has its invoice
     assert_exactly_once(env, SUBSCRIPTIONS * 4)
+
+
+BARE_STATUSES = [401, 403, 404, 405, 410, 413, 418, 421]
+BARE_SHAPES = ["html", "empty", "json"]
+BARE_SUBSCRIPTIONS = 4
+
+
+@pytest.mark.parametrize("shape", BARE_SHAPES)
+@pytest.mark.parametrize("status", BARE_STATUSES)
+def test_a_bare_answer_after_recording_never_charges_twice(
+    env: Env, status: int, shape: str
+) -> None:
+    """Something in front of Plexo answers after the payment was recorded (issue 5, item 1).
+
+    The query index lags too, so the reconciler resends the same referenceId and meets the
+    sandbox's duplicate behaviour (409, or a replay of the original: alternating by case).
+    """
+    index = BARE_STATUSES.index(status) * len(BARE_SHAPES) + BARE_SHAPES.index(shape)
+    env.simulator.duplicate_mode = "replay" if index % 2 else "reject"
+    ensure_plan(env.ctx)
+    seed_subscriptions(
+        env.ctx, env.sandbox_url, BARE_SUBSCRIPTIONS, start=START - timedelta(days=1)
+    )
+    faults = env.simulator.faults
+    faults.queue("bare_after", times=BARE_SUBSCRIPTIONS, status=status, body=shape)
+    faults.queue("query_lag", route="GET /v1/payments/query", times=BARE_SUBSCRIPTIONS)
+    summary = run_billing_pass(env.ctx)
+    assert summary.count("unknown") == BARE_SUBSCRIPTIONS, "a bare answer was read as an outcome"
+    assert len(env.simulator.payments()) == BARE_SUBSCRIPTIONS  # each was recorded once
+    env.clock.advance(timedelta(minutes=5))
+    settle(env)
+    # Long after any "not charged" retry would have fired, another pass charges nothing.
+    env.clock.advance(timedelta(hours=1))
+    run_billing_pass(env.ctx)
+    assert_exactly_once(env, BARE_SUBSCRIPTIONS)
+
+
+def test_a_bare_answer_before_recording_is_resent_with_the_same_reference(env: Env) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(
+        env.ctx, env.sandbox_url, BARE_SUBSCRIPTIONS, start=START - timedelta(days=1)
+    )
+    env.simulator.faults.queue("bare_before", times=BARE_SUBSCRIPTIONS, status=403, body="empty")
+    summary = run_billing_pass(env.ctx)
+    assert summary.count("unknown") == BARE_SUBSCRIPTIONS
+    assert env.simulator.payments() == []  # nothing reached Plexo
+    env.clock.advance(timedelta(minutes=5))
+    settle(env)
+    assert_exactly_once(env, BARE_SUBSCRIPTIONS)
+    assert all(p["referenceId"].endswith("-1") for p in env.simulator.payments())

@@ -12,7 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from billing.clock import TestClock
 from billing.errors import Conflict, InvalidInput, NotFound
@@ -422,8 +424,7 @@ def test_invalid_request_type_is_not_charged(client: PlexoClient, gateway: Recor
     ("http_status", "body", "code"),
     [
         (401, envelope("unauthorized", 401, type="authentication-error"), "unauthorized"),
-        (401, None, "unauthorized"),
-        (403, None, "forbidden"),
+        (403, envelope("forbidden", 403, type="authentication-error"), "forbidden"),
         (404, envelope("token-not-found", 404), "token-not-found"),
     ],
 )
@@ -496,6 +497,181 @@ def test_ambiguous_answers_are_unknown(
     assert outcome.not_charged is False
     assert outcome.http_status == http_status
     assert outcome.duplicate is False
+
+
+# -- bare answers: only Plexo's own body proves that nothing was charged (issue 5, item 1) ------
+
+NGINX_404 = (
+    b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>"
+)
+FOREIGN_JSON: list[Any] = [
+    {"message": "Forbidden"},  # AWS API Gateway
+    {"timestamp": "2025-07-01T12:00:00Z", "status": 404, "error": "Not Found", "path": "/"},
+    {"error": {"code": "unauthorized", "message": "Unauthorized"}},  # nested: not Plexo's
+    {"type": "about:blank", "title": "Forbidden", "status": 403},  # RFC 9457 problem
+    {"code": "unauthorized", "message": "no type"},  # half an envelope
+    {"code": "unauthorized", "type": "authentication-error", "status": 200},  # wrong status
+    ["unauthorized"],
+    "Forbidden",
+]
+BARE_BODIES: list[Any] = [
+    None,
+    NGINX_404,
+    b"Forbidden",
+    b'{"code":"unauthorized","type":"authentication-err',  # truncated
+    b"\xff\xfe not utf-8",
+    *FOREIGN_JSON,
+]
+
+
+@pytest.mark.parametrize("http_status", [401, 403, 404, 405, 410, 413, 418, 421])
+@pytest.mark.parametrize("body", BARE_BODIES, ids=lambda b: repr(b)[:30])
+def test_a_bare_answer_is_unknown_never_a_decline(
+    client: PlexoClient, gateway: Recorder, http_status: int, body: Any
+) -> None:
+    """Something in front of Plexo may answer after Plexo recorded the payment."""
+    gateway.answer(http_status, body)
+    outcome = client.create_payment(payment_request())
+    assert outcome.kind == "unknown", outcome
+    assert outcome.not_charged is False
+    assert outcome.http_status == http_status
+
+
+def _is_proof(status: int, body: Any) -> bool:
+    """The rule, written independently of the classifier: what may say "not charged"."""
+    if not isinstance(body, dict) or "error" in body or not 400 <= status < 500:
+        return False
+    if status in (409, 429) or "duplicate" in json.dumps(body).lower():
+        return False
+    if body.get("referenceId") == REF and isinstance(body.get("status"), str):
+        return False  # a payment body: judged by its status, not by this rule
+    code, type_ = body.get("code"), body.get("type")
+    if not (isinstance(code, str) and code.strip() and isinstance(type_, str) and type_.strip()):
+        return False
+    return "status" not in body or body["status"] == status
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1000, 1000),
+    st.sampled_from(
+        [
+            "unauthorized",
+            "forbidden",
+            "authentication-error",
+            "invalid-request-error",
+            "request-validation-errors",
+            "card-error",
+            "api-error",
+            "not-found",
+            "",
+        ]
+    ),
+    st.text(max_size=12),
+)
+_bodies = st.one_of(
+    st.none(),
+    st.binary(max_size=40),
+    st.sampled_from(BARE_BODIES),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "code",
+                "type",
+                "status",
+                "message",
+                "declineCode",
+                "traceId",
+                "error",
+                "title",
+                "params",
+                "paymentId",
+            ]
+        ),
+        _scalars,
+        max_size=6,
+    ),
+    st.lists(_scalars, max_size=3),
+)
+
+
+@hypothesis.given(
+    http_status=st.one_of(st.integers(100, 599), st.sampled_from([401, 402, 403, 404, 422])),
+    body=_bodies,
+)
+@hypothesis.settings(max_examples=400, suppress_health_check=list(hypothesis.HealthCheck))
+def test_property_only_a_plexo_body_can_say_not_charged(http_status: int, body: Any) -> None:
+    gateway = Recorder()
+    gateway.answer(http_status, body)
+    with PlexoClient(
+        BASE,
+        CLIENT_ID,
+        API_KEY,
+        MERCHANT,
+        transport=httpx.MockTransport(gateway),
+        clock=TestClock(NOW),
+    ) as plexo:
+        outcome = plexo.create_payment(payment_request())
+    if outcome.kind == "declined":
+        assert _is_proof(http_status, body), (http_status, body, outcome)
+    else:
+        assert not outcome.not_charged
+    if 200 <= http_status < 300:
+        assert outcome.kind != "declined"  # no 2xx body here names our referenceId
+
+
+def test_a_decline_body_that_does_not_name_our_reference_is_unknown(
+    client: PlexoClient, gateway: Recorder
+) -> None:
+    body = payment_dto("denied")
+    del body["referenceId"]
+    gateway.answer(200, body)
+    assert client.create_payment(payment_request()).kind == "unknown"
+
+
+def test_a_decline_envelope_keeps_both_codes_and_the_payment_id(
+    client: PlexoClient, gateway: Recorder
+) -> None:
+    gateway.answer(
+        402,
+        envelope(
+            "payment-declined",
+            402,
+            type="card-error",
+            declineCode="stolen_card",
+            resultCode="43",
+            paymentId=PAYMENT_ID,
+        ),
+    )
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.decline_code, outcome.result_code, outcome.payment_id) == (
+        "declined",
+        "stolen_card",
+        "43",
+        PAYMENT_ID,
+    )
+
+
+def test_a_decline_body_keeps_both_codes(client: PlexoClient, gateway: Recorder) -> None:
+    body = payment_dto("denied")
+    body["transactions"][0].update(resultCode="43", declineCode="stolen_card")
+    gateway.answer(200, body)
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.decline_code, outcome.result_code) == (
+        "declined",
+        "stolen_card",
+        "43",
+    )
+
+
+def test_a_payment_body_under_an_error_status_is_judged_by_its_status(
+    client: PlexoClient, gateway: Recorder
+) -> None:
+    gateway.answer(402, payment_dto("denied"))
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.payment_id, outcome.result_code) == ("declined", PAYMENT_ID, "96")
 
 
 @pytest.mark.parametrize(

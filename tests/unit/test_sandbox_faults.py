@@ -231,3 +231,27 @@ def test_bad_fault_requests_are_refused(mode: str, params: dict[str, int]) -> No
         FaultPlan().queue(mode, "POST /v1/payments", 1, **params)
     with pytest.raises(InvalidInput):
         FaultPlan().set_probability("error_before", 1.5)
+
+
+def test_bare_faults_take_a_status_and_a_body_shape() -> None:
+    from billing.sandbox.faults import BARE_BODIES, bare_answer
+
+    plan = FaultPlan()
+    plan.queue("bare_after", status=403, body="empty")
+    fault = plan.pick("POST", "/v1/payments")
+    assert fault is not None
+    assert bare_answer(fault) == (403, "text/plain", b"")
+    plan.queue("bare_before")
+    fault = plan.pick("POST", "/v1/payments")
+    assert fault is not None
+    status, content_type, body = bare_answer(fault)
+    assert (status, content_type) == (404, "text/html") and b"404" in body
+    assert set(BARE_BODIES) >= {"html", "empty", "json", "truncated"}
+
+
+@pytest.mark.parametrize(
+    "params", [{"status": 200}, {"status": 600}, {"body": "xml"}, {"body": 3}, {"seconds": 1}]
+)
+def test_bare_fault_parameters_are_checked(params: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        FaultPlan().queue("bare_after", **params)

@@ -42,6 +42,7 @@ from billing.plexo.outcome import (
     VALIDATION_TYPES,
     ChargeOutcome,
     outcome_from_error,
+    plexo_envelope,
     outcome_from_payment,
     parse_retry_after,
 )
@@ -175,7 +176,7 @@ class PlexoClient:
         try:
             self.get_customer(customer_id)
         except PlexoNotFound as exc:
-            return exc.code is not None
+            return exc.from_plexo
         return False
 
     def verify_credentials(self) -> None:
@@ -386,9 +387,10 @@ class PlexoClient:
     ) -> PlexoError:
         status = response.status_code
         try:
-            envelope = ErrorEnvelope.parse(decode_json(response.content))
+            body = decode_json(response.content)
         except ValueError:
-            envelope = None
+            body = None
+        envelope = ErrorEnvelope.parse(body)
         code = envelope.code if envelope else None
         trace_id = (envelope.trace_id if envelope else None) or response.headers.get(
             "x-correlation-id"
@@ -404,7 +406,12 @@ class PlexoClient:
         if trace_id:
             text += f" (trace {trace_id})"
         message = self._scrub(text)
-        common: dict[str, Any] = {"status": status, "code": code, "trace_id": trace_id}
+        common: dict[str, Any] = {
+            "status": status,
+            "code": code,
+            "trace_id": trace_id,
+            "from_plexo": plexo_envelope(body, status) is not None,
+        }
         if status in (401, 403):
             return AuthenticationFailed(message, **common)
         if status == 404:

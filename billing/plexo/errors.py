@@ -20,11 +20,15 @@ class PlexoError(BillingError):
         status: int | None = None,
         code: str | None = None,
         trace_id: str | None = None,
+        from_plexo: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.trace_id = trace_id
+        # The body was Plexo's own error envelope in its documented shape, not a proxy's page:
+        # only then can an error be taken as Plexo's word (e.g. that a customer is gone).
+        self.from_plexo = from_plexo
 
 
 class AuthenticationFailed(PlexoError):
@@ -41,9 +45,12 @@ class GatewayUnavailable(PlexoError):
         status: int | None = None,
         code: str | None = None,
         trace_id: str | None = None,
+        from_plexo: bool = False,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status=status, code=code, trace_id=trace_id)
+        super().__init__(
+            message, status=status, code=code, trace_id=trace_id, from_plexo=from_plexo
+        )
         self.retry_after = retry_after
 
 
@@ -57,9 +64,12 @@ class ValidationRejected(PlexoError, InvalidInput):
         status: int | None = None,
         code: str | None = None,
         trace_id: str | None = None,
+        from_plexo: bool = False,
         params: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        super().__init__(message, status=status, code=code, trace_id=trace_id)
+        super().__init__(
+            message, status=status, code=code, trace_id=trace_id, from_plexo=from_plexo
+        )
         self.params: dict[str, list[str]] = {k: list(v) for k, v in (params or {}).items()}
 
 

@@ -782,6 +782,15 @@ class PlexoSimulator:
             raise _merchant_not_found(merchant_id)
         with self._lock:
             customer = self._customer(str(customer_id))
+            if any(
+                x.reference_id == reference_id and x.merchant_id == self.merchant_id
+                for x in self._sessions.values()
+            ):
+                raise ApiError(
+                    409,
+                    "duplicate-reference-id",
+                    f"A session with referenceId {reference_id!r} already exists.",
+                )
             now = self.clock.now()
             session = _Session(
                 str(uuid.uuid4()),

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from billing.engine import customers
 from billing.errors import Conflict
-from billing.plexo.errors import GatewayUnavailable
+from billing.plexo.errors import GatewayUnavailable, PlexoNotFound
 from billing.store.db import session
 from billing.store.models import Customer
 from tests.integration.conftest import Env
@@ -136,3 +136,31 @@ def test_instrument_removal_retried_after_our_write_failed(
     removed = customers.remove_instrument(env.ctx, "cus-1", card.token)  # was: 404 forever
     assert removed.status == "removed"
     assert customers.list_instruments(env.ctx, "cus-1") == []
+
+
+@pytest.mark.parametrize("shape", ["html", "empty", "json", "nested", "spring"])
+def test_delete_does_not_finish_on_a_bare_404(env: Env, shape: str) -> None:
+    """A proxy's 404 is not Plexo saying "gone": the customer stays, here and at Plexo."""
+    customers.create_customer(env.ctx, _data(env))
+    env.simulator.faults.queue(
+        "bare_before", route="* /v1/customers/{id}", times=2, status=404, body=shape
+    )
+    with pytest.raises(PlexoNotFound):
+        customers.delete_customer(env.ctx, "cus-1", None)  # DELETE and the GET both bare 404
+    assert _plexo_refs(env) == ["cus-1"] and _stored(env, "cus-1").status == "active"
+    env.simulator.faults.queue("bare_before", route="DELETE /v1/customers/{id}", status=404)
+    with pytest.raises(PlexoNotFound):
+        customers.delete_customer(env.ctx, "cus-1", None)  # the GET finds it: not gone
+    assert _stored(env, "cus-1").status == "active"
+    customers.delete_customer(env.ctx, "cus-1", None)
+    assert _plexo_refs(env) == [] and _stored(env, "cus-1").status == "deleted"
+
+
+def test_card_link_retried_after_a_timeout_hands_out_the_session_plexo_opened(env: Env) -> None:
+    customers.create_customer(env.ctx, _data(env))
+    env.simulator.faults.queue("timeout_after", route="POST /v1/sessions")
+    with pytest.raises(GatewayUnavailable):
+        customers.link_instrument(env.ctx, "cus-1")
+    url = customers.link_instrument(env.ctx, "cus-1")  # same referenceId -> 409 -> adopt
+    sessions = env.ctx.plexo._call("GET", "/v1/sessions", "/v1/sessions")
+    assert len(sessions) == 1 and sessions[0]["id"] in url

@@ -42,9 +42,9 @@ from billing.plexo.outcome import (
     VALIDATION_TYPES,
     ChargeOutcome,
     outcome_from_error,
-    plexo_envelope,
     outcome_from_payment,
     parse_retry_after,
+    plexo_envelope,
 )
 from billing.plexo.wire import decode_json, encode_json, field, unwrap_list
 

@@ -41,6 +41,10 @@ def test_two_daemons_share_one_postgres_and_charge_each_period_once(
         # About 1 in 50 charges is taken but never answered: both reconcilers race for them.
         # (The first matching rule that fires wins, so the drop rule goes before latency.)
         sandbox.add_fault("drop_after", probability=0.02, route="POST /v1/payments")
+        # A proxy's empty 403 after Plexo recorded the payment: unknown, never "not charged".
+        sandbox.add_fault(
+            "bare_after", probability=0.02, route="POST /v1/payments", status=403, body="empty"
+        )
         sandbox.add_fault("latency", probability=1.0, route="POST /v1/payments", seconds=0.03)
         # A backlog both nodes find due at start-up, then a stream of new due subscriptions
         # while they run: every tick both nodes race to invoice and claim the same rows.

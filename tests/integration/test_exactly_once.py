@@ -52,7 +52,16 @@ def seed(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    "mode", ["timeout_after", "drop_after", "error_before", "error_after", "rate_limit"]
+    "mode",
+    [
+        "timeout_after",
+        "drop_after",
+        "error_before",
+        "error_after",
+        "rate_limit",
+        "bare_before",
+        "bare_after",
+    ],
 )
 def test_exactly_once_under_fault(env: Env, mode: str) -> None:
     seed(env)

@@ -199,7 +199,7 @@ def test_a_merchant_bills_a_customer_through_the_cli(cli: Cli) -> None:
            "--currency", "UYU")  # fmt: skip
     sub = cli.ok(
         "subscriptions", "create", "--customer", "cus-ana", "--plan", "basic",
-        "--start", "2026-01-31",
+        "--start", "2026-01-31", "--backdate",
     )  # fmt: skip
     assert sub["status"] == "active"
     first = cli.ok("run", "--once", "--as-of", "2026-01-31T12:00:00+00:00")

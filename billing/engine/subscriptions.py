@@ -106,7 +106,7 @@ def create_subscription(
     once (a typo such as 1026 for 2026 bills centuries) unless `backdate` says it is meant.
     """
     now = ctx.clock.now()
-    begin = _begin(start, now)
+    begin = begin_at(start, now)
     with session(ctx.engine) as s:
         customer = get_customer(s, customer_ref)
         plan = get_plan(s, plan_code)
@@ -161,7 +161,8 @@ def create_subscription(
         return sub
 
 
-def _begin(start: datetime | None, now: datetime) -> datetime:
+def begin_at(start: datetime | None, now: datetime) -> datetime:
+    """The start as an aware instant (none given: now)."""
     if start is not None and (start.tzinfo is None or start.utcoffset() is None):
         raise InvalidInput(f"start {start.isoformat()} has no timezone; give an offset or a date")
     return (start or now).astimezone(now.tzinfo)
@@ -192,7 +193,7 @@ def backdated_periods(ctx: BillingContext, *, plan_code: str, start: datetime | 
     """What `create_subscription(..., start=start)` would bill at once, for the CLI to say
     before it creates a backdated subscription."""
     now = ctx.clock.now()
-    begin = _begin(start, now)
+    begin = begin_at(start, now)
     with session(ctx.engine) as s:
         return periods_at_start(ctx, get_plan(s, plan_code), begin, now)
 

@@ -7,6 +7,7 @@ Each subscription advances in its own short transaction guarded by a compare-and
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,8 +19,11 @@ from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.domain.periods import Interval, period_bounds, period_start, periods_started_by
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.logs import log_event
 from billing.store.db import session
 from billing.store.models import Invoice, Plan, Subscription
+
+log = logging.getLogger(__name__)
 
 # Subscriptions whose periods keep being invoiced.
 INVOICING_STATUSES = (
@@ -117,6 +121,7 @@ def _hold(ctx: BillingContext, s: Session, sub: Subscription, due: int, now: dat
     if held.rowcount != 1:
         s.rollback()
         return False
+    log_event(log, "subscription.held", logging.WARNING, subscription_id=sub.id, periods=due)
     record_event(
         s,
         at=now,

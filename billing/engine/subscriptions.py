@@ -171,8 +171,11 @@ def begin_at(start: datetime | None, now: datetime) -> datetime:
 def periods_at_start(ctx: BillingContext, plan: Plan, begin: datetime, now: datetime) -> int:
     """How many periods a subscription starting at `begin` has started by `now` (the first
     billing pass invoices them all): 0 for a future start, 1 for a start within one interval."""
-    anchor = begin + timedelta(days=plan.trial_days) if plan.trial_days else begin
-    index = period_index_at(anchor, Interval(plan.interval), plan.interval_count, now, ctx.tz)
+    try:
+        anchor = begin + timedelta(days=plan.trial_days) if plan.trial_days else begin
+        index = period_index_at(anchor, Interval(plan.interval), plan.interval_count, now, ctx.tz)
+    except OverflowError:  # within a day of year 1 or 9999 in the merchant zone
+        raise InvalidInput(f"start {begin.isoformat()} is out of the supported range") from None
     return index + 1
 
 

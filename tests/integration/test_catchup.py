@@ -71,6 +71,17 @@ def test_a_start_in_1026_is_refused_and_writes_nothing(env: Env, db_url: str) ->
     assert table_counts(db_url) == before
 
 
+def test_a_start_at_the_edge_of_the_calendar_is_one_clear_refusal(env: Env) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    edge = datetime(1, 1, 1, 1, 0, tzinfo=UTC)  # year 0 in Montevideo's LMT
+    with pytest.raises(InvalidInput, match="out of the supported range"):
+        subscriptions.create_subscription(
+            env.ctx, customer_ref="cus-00000", plan_code="monthly", start=edge,
+            allow_duplicate=True, backdate=True,
+        )  # fmt: skip
+
+
 def test_a_start_within_one_interval_needs_no_flag(env: Env) -> None:
     ensure_plan(env.ctx)
     [sub_id] = seed_subscriptions(
@@ -140,6 +151,10 @@ def test_a_catch_up_beyond_the_cap_is_held_not_charged(env: Env) -> None:
     assert again.subscriptions_held == 0 and again.did_work is False, "held once, not every pass"
     with pytest.raises(Conflict, match="held for review"):
         subscriptions.pause_subscription(env.ctx, sub_id, reason="no")
+    subscriptions.cancel_subscription(env.ctx, sub_id, at_period_end=False, reason="gone")
+    assert sub_of(env, sub_id).held_at is None, "a canceled subscription is not under review"
+    Daemon(env.ctx).refresh_gauges(env.clock.now())
+    assert metrics.SUBSCRIPTIONS_HELD._value.get() == 0
 
 
 def test_release_bills_the_missed_periods_once_past_the_cap(env: Env) -> None:

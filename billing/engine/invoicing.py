@@ -74,10 +74,8 @@ def due_subscription_ids(ctx: BillingContext, now: datetime, limit: int = 1000) 
 
 def started_periods(ctx: BillingContext, sub: Subscription, plan: Plan, now: datetime) -> list[int]:
     """Indices of the periods of `sub` that started by `now` and are not invoiced yet."""
-    return periods_started_by(
-        sub.anchor_at, Interval(plan.interval), plan.interval_count, sub.next_period_index, now,
-        ctx.tz,
-    )  # fmt: skip
+    interval, count = Interval(plan.interval), plan.interval_count
+    return periods_started_by(sub.anchor_at, interval, count, sub.next_period_index, now, ctx.tz)
 
 
 def over_cap(ctx: BillingContext, sub: Subscription, indices: list[int]) -> int:

@@ -302,8 +302,7 @@ def pause_subscription(
         assert plan is not None
         owed = started_periods(ctx, sub, plan, now)
         if owed:
-            excess = over_cap(ctx, sub, owed)
-            if excess:
+            if over_cap(ctx, sub, owed):
                 raise Conflict(
                     f"subscription {subscription_id} has {len(owed)} started periods not yet "
                     f"invoiced, more than the catch-up cap of {ctx.catchup_max_periods}; the next "

@@ -196,3 +196,16 @@ def test_release_with_skip_bills_only_the_current_period(env: Env) -> None:
     assert invoice_indices(env, sub_id) == [0, 14]
     [event] = [e for e in events_of(env, sub_id) if e.event == "subscription.released"]
     assert event.data["periods_skipped"] == 13 and event.data["mode"] == "skip"
+
+
+def test_pause_never_invoices_past_the_cap(env: Env, db_url: str) -> None:
+    """Pause invoices the periods that started while active, under the same cap as a pass."""
+    sub_id = hold_one(env)  # 14 started periods, no pass since
+    before = table_counts(db_url)
+    with pytest.raises(Conflict, match="14 started periods not yet invoiced"):
+        subscriptions.pause_subscription(env.ctx, sub_id, reason="holiday")
+    assert table_counts(db_url) == before
+    run_billing_pass(env.ctx)  # held
+    subscriptions.release_subscription(env.ctx, sub_id, reason="agreed", skip_to_now=False)
+    paused = subscriptions.pause_subscription(env.ctx, sub_id, reason="holiday")
+    assert paused.status == "paused" and invoice_indices(env, sub_id) == list(range(15))

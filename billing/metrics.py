@@ -64,6 +64,11 @@ DUE_OLDEST_AGE = Gauge(
     "How long the oldest due invoice has waited.",
     registry=REGISTRY,
 )
+SUBSCRIPTIONS_HELD = Gauge(
+    "billing_subscriptions_held",
+    "Subscriptions held for review: more periods due at once than the catch-up cap.",
+    registry=REGISTRY,
+)
 
 
 def gateway_observer(route: str, status: int | None, seconds: float) -> None:

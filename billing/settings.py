@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     reaper_seconds: int = Field(default=60, gt=0)
     resend_grace_seconds: int = Field(default=120, gt=0)
     stop_budget_seconds: int = Field(default=30, gt=0)
+    catchup_max_periods: int = Field(default=12, ge=1, le=10000)
+    """A subscription with more due, uninvoiced periods than this in one pass is held."""
     node_name: str = Field(default_factory=default_node_name, max_length=128)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)

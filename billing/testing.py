@@ -48,6 +48,7 @@ def seed_subscriptions(
     card: str = APPROVING_CARD,
     start: datetime | None = None,
     prefix: str = "cus",
+    backdate: bool = False,
 ) -> list[int]:
     """`count` customers, each with a saved card (through the sandbox) and one subscription."""
     today = ctx.clock.now().astimezone(ctx.tz).date()
@@ -65,7 +66,7 @@ def seed_subscriptions(
             ).raise_for_status()
             customers.sync_instruments(ctx, ref)
             sub = subscriptions.create_subscription(
-                ctx, customer_ref=ref, plan_code=plan_code, start=start
+                ctx, customer_ref=ref, plan_code=plan_code, start=start, backdate=backdate
             )
             assert sub.id is not None
             ids.append(sub.id)

@@ -72,6 +72,7 @@ def open_context(
             concurrency=cfg.concurrency,
             lease_seconds=cfg.lease_seconds,
             resend_grace=timedelta(seconds=cfg.resend_grace_seconds),
+            catchup_max_periods=cfg.catchup_max_periods,
         )
     finally:
         if plexo is None:

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlmodel import select
 from billing.cli.common import JsonOption, handle_errors, progress, settings
 from billing.cli.customers import _raw_fields
 from billing.cli.subscriptions import parse_start
-from billing.domain.importfile import Columns, Row, file_format, parse_rows
+from billing.domain.importfile import Columns, Row, file_format, flag, parse_rows
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.engine import customers as customer_svc
 from billing.engine import subscriptions as subscription_svc
@@ -58,7 +58,9 @@ CUSTOMER_COLUMNS = Columns(
     ),
     metadata=True,
 )
-SUBSCRIPTION_COLUMNS = Columns(required=("customer", "plan"), optional=("start", "instrument"))
+SUBSCRIPTION_COLUMNS = Columns(
+    required=("customer", "plan"), optional=("start", "instrument"), flags=("backdate",)
+)
 
 
 @dataclass(frozen=True)
@@ -208,32 +210,55 @@ def import_subscriptions(
             )
             continue
         try:
+            backdate = flag(row.fields, "backdate")
             begin = parse_start(start, ctx.tz) if start else None
             if dry_run:
-                _resolve(ctx, customer, plan, instrument)
+                periods = _resolve(ctx, customer, plan, instrument, begin, backdate)
             else:
                 sub = subscription_svc.create_subscription(
-                    ctx, customer_ref=customer, plan_code=plan, start=begin, instrument=instrument
+                    ctx,
+                    customer_ref=customer,
+                    plan_code=plan,
+                    start=begin,
+                    instrument=instrument,
+                    backdate=backdate,
                 )
+                periods = subscription_svc.backdated_periods(ctx, plan_code=plan, start=begin)
         except BillingError as exc:
             yield _error(row, key, exc)
             continue
         seen[pair] = row.line
+        # The same rule and the same count as `subscriptions create --backdate`.
+        backdated = f"; backdated: bills {periods:,} periods" if periods > 1 else ""
         if dry_run:
-            yield LineResult(row.line, "ok", key, "valid")
+            yield LineResult(row.line, "ok", key, f"valid{backdated}")
         else:
-            yield LineResult(row.line, "ok", key, f"created subscription {sub.id} ({sub.status})")
+            yield LineResult(
+                row.line, "ok", key, f"created subscription {sub.id} ({sub.status}){backdated}"
+            )
 
 
-def _resolve(ctx: BillingContext, customer_ref: str, plan_code: str, which: str | None) -> None:
-    """A dry run looks up what the line names, with the engine's own lookups, writing nothing."""
+def _resolve(
+    ctx: BillingContext,
+    customer_ref: str,
+    plan_code: str,
+    which: str | None,
+    start: datetime | None,
+    backdate: bool,
+) -> int:
+    """A dry run looks up what the line names and checks its start, with the engine's own
+    lookups and rules, writing nothing; returns the periods the start bills at once."""
+    now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = customer_svc.get_customer(s, customer_ref)
         plan = subscription_svc.get_plan(s, plan_code)
         if not plan.active:
             raise Conflict(f"plan {plan_code!r} is not active")
+        begin = subscription_svc.begin_at(start, now)
+        periods = subscription_svc.check_backdate(ctx, plan, begin, now, backdate)
         if which is not None:
             customer_svc._find_instrument(s, customer, which)
+        return periods
 
 
 Importer = Callable[..., Iterator[LineResult]]

@@ -83,6 +83,7 @@ def run_view(run: BillingRun) -> dict[str, Any]:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "invoices_created": run.invoices_created,
+        "subscriptions_held": run.subscriptions_held,
         "attempts": run.attempts,
         "outcomes": outcomes,
     }

@@ -36,6 +36,7 @@ def summary_view(summary: RunSummary) -> dict[str, Any]:
         "kind": summary.kind,
         "as_of": summary.as_of,
         "invoices_created": summary.invoices_created,
+        "subscriptions_held": summary.subscriptions_held,
         "attempts": summary.attempts,
         "outcomes": {
             outcome: {
@@ -70,9 +71,16 @@ def render_summary(summary: RunSummary) -> str:
     ]
     name = f"run {summary.run_id}" if summary.run_id else "nothing to record"
     work = "resolved outcome" if summary.kind == "reconcile" else "charge attempt"
+    held = (
+        f"{_count(summary.subscriptions_held, 'subscription')} held for review "
+        "(see `billing subscriptions list --held`), "
+        if summary.subscriptions_held
+        else ""
+    )
     head = (
         f"{name} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "
-        f"{_count(summary.invoices_created, 'invoice')} created, {_count(summary.attempts, work)}"
+        f"{_count(summary.invoices_created, 'invoice')} created, {held}"
+        f"{_count(summary.attempts, work)}"
     )
     return head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,6 +11,7 @@ import typer
 from sqlmodel import select
 
 from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
+from billing.domain.cards import refuse_card_numbers
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
 from billing.errors import InvalidInput
@@ -49,6 +51,9 @@ def subscription_view(sub: Subscription, customer: str | None, plan: str | None)
         "cancel_at_period_end": sub.cancel_at_period_end,
         "canceled_at": sub.canceled_at,
         "instrument_id": sub.instrument_id,
+        "held_at": sub.held_at,
+        "held_reason": sub.held_reason,
+        "held_periods": sub.held_periods,
     }
 
 
@@ -122,11 +127,17 @@ def create(
     allow_duplicate: bool = typer.Option(
         False, "--allow-duplicate", help="Allow a second live subscription to the same plan."
     ),
+    backdate: bool = typer.Option(
+        False, "--backdate", help="Allow a start one interval or more ago (bills each period)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Subscribe a customer to a plan (the anchor is the start)."""
     with open_context(settings()) as ctx:
         begin = parse_start(start, ctx.tz) if start else None
+        if backdate:
+            periods = svc.backdated_periods(ctx, plan_code=plan, start=begin)
+            typer.echo(backdate_notice(periods, ctx.catchup_max_periods), err=as_json)
         sub = svc.create_subscription(
             ctx,
             customer_ref=customer,
@@ -134,9 +145,21 @@ def create(
             start=begin,
             instrument=instrument,
             allow_duplicate=allow_duplicate,
+            backdate=backdate,
         )
         view = _views(ctx.engine, [sub])[0]
     output(view, as_json, f"created subscription {sub.id} ({sub.status})")
+
+
+def backdate_notice(periods: int, cap: int) -> str:
+    """The one line `--backdate` prints before it creates anything."""
+    line = f"backdate: the next billing pass bills {periods:,} period" + "s" * (periods != 1)
+    if periods > cap:
+        line += (
+            f", more than the catch-up cap of {cap}: the pass holds the subscription for review "
+            "until `billing subscriptions release ID --reason ...`"
+        )
+    return line
 
 
 @app.command("show")
@@ -156,13 +179,16 @@ def show(subscription_id: int, as_json: bool = JsonOption) -> None:
 def list_(
     status: str | None = typer.Option(None, "--status"),
     customer: str | None = typer.Option(None, "--customer"),
+    held: bool = typer.Option(False, "--held", help="Only those held for review."),
     as_json: bool = JsonOption,
 ) -> None:
-    """List subscriptions, optionally by status or customer."""
+    """List subscriptions, optionally by status or customer, or those held for review."""
     with open_context(settings()) as ctx:
-        subs = svc.list_subscriptions(ctx, status=status, customer_ref=customer)
+        subs = svc.list_subscriptions(ctx, status=status, customer_ref=customer, held=held)
         rows = _views(ctx.engine, subs)
     columns = ["id", "customer", "plan", "status", "next_billing_at", "current_period_end"]
+    if held:
+        columns += ["held_at", "held_periods"]
     output(rows, as_json, table(rows, columns))
 
 
@@ -195,7 +221,10 @@ def pause(
     with open_context(settings()) as ctx:
         sub = svc.pause_subscription(ctx, subscription_id, reason)
         view = _views(ctx.engine, [sub])[0]
-    output(view, as_json, f"subscription {subscription_id} paused")
+    if sub.status == "canceled":
+        output(view, as_json, f"subscription {subscription_id} is canceled (at period end)")
+    else:
+        output(view, as_json, f"subscription {subscription_id} paused")
 
 
 @app.command("resume")
@@ -212,3 +241,46 @@ def resume(
     output(
         view, as_json, f"subscription {subscription_id} resumed; next bill {sub.next_billing_at}"
     )
+
+
+@app.command("release")
+@handle_errors
+def release(
+    subscription_id: int,
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the event log)."),
+    skip_to_now: bool = typer.Option(
+        False, "--skip-to-now", help="Skip the missed periods; bill from the current one."
+    ),
+    by: str | None = typer.Option(None, "--by", help="Who releases it (default: the OS user)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Release a subscription held for review: bill its missed periods, or skip them."""
+    actor = operator_name(by)
+    with open_context(settings(), actor=actor) as ctx:
+        sub, billed = svc.release_subscription(
+            ctx, subscription_id, reason=reason, skip_to_now=skip_to_now
+        )
+        view = _views(ctx.engine, [sub])[0]
+    how = "skipping the missed periods" if skip_to_now else "billing the missed periods"
+    output(
+        {**view, "periods_to_bill": billed},
+        as_json,
+        f"subscription {subscription_id} released by {actor}, {how}: the next billing pass "
+        f"bills {billed:,} period" + "s" * (billed != 1),
+    )
+
+
+def operator_name(by: str | None) -> str:
+    """The person recorded as the actor: --by, else the OS user."""
+    name = (by if by is not None else _os_user()).strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise InvalidInput("--by must be 1-128 printable characters")
+    refuse_card_numbers(name, "--by")
+    return name
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (e.g. a DynamicUser without a name)
+        return "unknown"

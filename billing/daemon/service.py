@@ -17,7 +17,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from billing import metrics
-from billing.domain.lifecycle import InvoiceStatus
+from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.engine.billing_pass import RunSummary, observe, run_billing_pass, save_run
 from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
@@ -50,6 +50,7 @@ class Daemon:
                 "billing.pass",
                 run_id=summary.run_id,
                 invoices_created=summary.invoices_created,
+                subscriptions_held=summary.subscriptions_held,
                 attempts=summary.attempts,
                 approved=summary.count("approved"),
                 declined=summary.count("declined"),
@@ -123,6 +124,12 @@ class Daemon:
                     col(ChargeAttempt.state).in_(UNRESOLVED)
                 )
             ).one()
+            held = s.exec(
+                select(func.count(col(Subscription.id)))
+                .where(col(Subscription.held_at).is_not(None))
+                .where(Subscription.status != SubscriptionStatus.canceled)
+            ).one()
+        metrics.SUBSCRIPTIONS_HELD.set(held)
         metrics.DUE_BACKLOG.set(due_count)
         metrics.DUE_OLDEST_AGE.set(_age(now, oldest_due))
         metrics.UNKNOWN_OUTCOMES.set(unresolved)

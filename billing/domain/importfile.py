@@ -24,15 +24,17 @@ METADATA = "metadata"
 
 @dataclass(frozen=True)
 class Columns:
-    """The fields a file may carry; `metadata` (when allowed) is free-form key=value text."""
+    """The fields a file may carry; `metadata` (when allowed) is free-form key=value text;
+    `flags` are optional yes/no fields (JSON true/false, CSV true/false/yes/no)."""
 
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
     metadata: bool = False
+    flags: tuple[str, ...] = ()
 
     @property
     def known(self) -> tuple[str, ...]:
-        return self.required + self.optional
+        return self.required + self.optional + self.flags
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def _flatten(obj: dict[str, Any], columns: Columns) -> dict[str, str]:
                 raise InvalidInput(f"{METADATA} must be an object of key: value")
             for mkey, mvalue in value.items():
                 flat[f"{METADATA}.{mkey}"] = _text(mvalue, f"{METADATA}.{mkey}")
+        elif key in columns.flags and isinstance(value, bool):
+            flat[key] = "true" if value else "false"
         else:
             flat[key] = _text(value, key)
     return flat
@@ -155,6 +159,21 @@ def _text(value: Any, name: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidInput(f"{name} must be a string or a number")
     return str(value)
+
+
+_YES, _NO = frozenset({"true", "yes"}), frozenset({"false", "no"})
+
+
+def flag(fields: dict[str, str], name: str) -> bool:
+    """A yes/no field of a row: absent means no; anything but true/false/yes/no is refused."""
+    value = fields.get(name)
+    if value is None:
+        return False
+    if value.lower() in _YES:
+        return True
+    if value.lower() in _NO:
+        return False
+    raise InvalidInput(f"{name} must be true or false (got {value[:20]!r})")
 
 
 def _check_names(names: Sequence[str], columns: Columns, what: str) -> None:

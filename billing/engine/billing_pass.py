@@ -30,6 +30,7 @@ class RunSummary:
     kind: str
     as_of: datetime
     invoices_created: int = 0
+    subscriptions_held: int = 0  # over the catch-up cap: held for review, not invoiced
     attempts: int = 0
     totals: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: int | None = None
@@ -51,7 +52,7 @@ class RunSummary:
 
     @property
     def did_work(self) -> bool:
-        return self.invoices_created > 0 or self.attempts > 0
+        return self.invoices_created > 0 or self.subscriptions_held > 0 or self.attempts > 0
 
 
 def observe(result: AttemptResult) -> None:
@@ -70,7 +71,8 @@ def run_billing_pass(
     started_wall = time.monotonic()
     started_at = ctx.clock.now()
     summary = RunSummary(kind="pass", as_of=started_at)
-    summary.invoices_created = create_due_invoices(ctx, started_at)
+    invoiced = create_due_invoices(ctx, started_at)
+    summary.invoices_created, summary.subscriptions_held = invoiced.created, invoiced.held
     batch = max(ctx.concurrency * 4, 8)
     with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="charge") as pool:
         while not should_stop():
@@ -108,6 +110,7 @@ def save_run(ctx: BillingContext, summary: RunSummary, started_at: datetime) -> 
             started_at=started_at,
             finished_at=ctx.clock.now(),
             invoices_created=summary.invoices_created,
+            subscriptions_held=summary.subscriptions_held,
             attempts=summary.attempts,
             totals=summary.totals,
         )

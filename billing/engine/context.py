@@ -24,3 +24,5 @@ class BillingContext:
     lease_seconds: int = 300
     # How long an attempt Plexo has no record of waits before its referenceId is sent again.
     resend_grace: timedelta = timedelta(seconds=120)
+    # More due periods than this for one subscription in one pass: held for review, not billed.
+    catchup_max_periods: int = 12

@@ -29,6 +29,8 @@ def set_status(
     if new == SubscriptionStatus.canceled:
         sub.canceled_at = now
         sub.next_billing_at = None
+        # Nothing is left to review: a canceled subscription is no longer held.
+        sub.held_at = sub.held_reason = sub.held_periods = sub.catchup_through_index = None
     s.add(sub)
     assert sub.id is not None
     record_event(

@@ -8,13 +8,18 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from billing.domain.cards import refuse_card_numbers
-from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.lifecycle import SubscriptionStatus, check_transition
 from billing.domain.money import check_currency, parse_amount
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
 from billing.engine.context import BillingContext
 from billing.engine.customers import get_customer
 from billing.engine.events import record_event
-from billing.engine.invoicing import void_open_invoices
+from billing.engine.invoicing import (
+    invoice_periods,
+    over_cap,
+    started_periods,
+    void_open_invoices,
+)
 from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
@@ -92,21 +97,22 @@ def create_subscription(
     start: datetime | None = None,
     instrument: str | None = None,
     allow_duplicate: bool = False,
+    backdate: bool = False,
 ) -> Subscription:
     """Subscribe a customer. The anchor is the start (after the trial, if the plan has one).
 
     A second live subscription of one customer to one plan is refused unless asked for: it
-    would bill the same service twice.
+    would bill the same service twice. So is a start that would bill more than one period at
+    once (a typo such as 1026 for 2026 bills centuries) unless `backdate` says it is meant.
     """
     now = ctx.clock.now()
-    if start is not None and (start.tzinfo is None or start.utcoffset() is None):
-        raise InvalidInput(f"start {start.isoformat()} has no timezone; give an offset or a date")
-    begin = (start or now).astimezone(now.tzinfo)
+    begin = begin_at(start, now)
     with session(ctx.engine) as s:
         customer = get_customer(s, customer_ref)
         plan = get_plan(s, plan_code)
         if not plan.active:
             raise Conflict(f"plan {plan_code!r} is not active")
+        check_backdate(ctx, plan, begin, now, backdate)
         existing = s.exec(
             select(Subscription.id)
             .where(Subscription.customer_id == customer.id)
@@ -155,6 +161,46 @@ def create_subscription(
         return sub
 
 
+def begin_at(start: datetime | None, now: datetime) -> datetime:
+    """The start as an aware instant (none given: now)."""
+    if start is not None and (start.tzinfo is None or start.utcoffset() is None):
+        raise InvalidInput(f"start {start.isoformat()} has no timezone; give an offset or a date")
+    return (start or now).astimezone(now.tzinfo)
+
+
+def periods_at_start(ctx: BillingContext, plan: Plan, begin: datetime, now: datetime) -> int:
+    """How many periods a subscription starting at `begin` has started by `now` (the first
+    billing pass invoices them all): 0 for a future start, 1 for a start within one interval."""
+    try:
+        anchor = begin + timedelta(days=plan.trial_days) if plan.trial_days else begin
+        index = period_index_at(anchor, Interval(plan.interval), plan.interval_count, now, ctx.tz)
+    except OverflowError:  # within a day of year 1 or 9999 in the merchant zone
+        raise InvalidInput(f"start {begin.isoformat()} is out of the supported range") from None
+    return index + 1
+
+
+def check_backdate(
+    ctx: BillingContext, plan: Plan, begin: datetime, now: datetime, backdate: bool
+) -> int:
+    """The periods the start bills at once; more than one needs `backdate` (InvalidInput)."""
+    periods = periods_at_start(ctx, plan, begin, now)
+    if periods > 1 and not backdate:
+        raise InvalidInput(
+            f"start {begin.astimezone(ctx.tz):%Y-%m-%d %H:%M} is one billing interval or more in "
+            f"the past: it would bill {periods:,} periods at once; pass --backdate to bill them"
+        )
+    return periods
+
+
+def backdated_periods(ctx: BillingContext, *, plan_code: str, start: datetime | None) -> int:
+    """What `create_subscription(..., start=start)` would bill at once, for the CLI to say
+    before it creates a backdated subscription."""
+    now = ctx.clock.now()
+    begin = begin_at(start, now)
+    with session(ctx.engine) as s:
+        return periods_at_start(ctx, get_plan(s, plan_code), begin, now)
+
+
 def get_subscription(s: Session, subscription_id: int) -> Subscription:
     sub = s.get(Subscription, subscription_id)
     if sub is None:
@@ -163,10 +209,16 @@ def get_subscription(s: Session, subscription_id: int) -> Subscription:
 
 
 def list_subscriptions(
-    ctx: BillingContext, *, status: str | None = None, customer_ref: str | None = None
+    ctx: BillingContext,
+    *,
+    status: str | None = None,
+    customer_ref: str | None = None,
+    held: bool = False,
 ) -> list[Subscription]:
     with session(ctx.engine) as s:
         query = select(Subscription).order_by(col(Subscription.id))
+        if held:
+            query = query.where(col(Subscription.held_at).is_not(None))
         if status is not None:
             if status not in SubscriptionStatus.__members__:
                 raise InvalidInput(
@@ -226,11 +278,41 @@ def cancel_subscription(
 def pause_subscription(
     ctx: BillingContext, subscription_id: int, reason: str | None
 ) -> Subscription:
-    """Paused subscriptions are not invoiced; periods that start while paused are skipped."""
+    """Periods that started while active are billed; periods that start while paused are not.
+
+    So the started periods not invoiced yet (the pass had not run since they started) are
+    invoiced here, in the pause's own transaction: resume can then skip everything that
+    started while paused without losing a period the customer had while active.
+    """
     reason = checked_reason(reason)
     with session(ctx.engine) as s:
-        sub = get_subscription(s, subscription_id)
+        # Locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises): no pass invoices
+        # this subscription between our read and our write.
+        sub = s.get(Subscription, subscription_id, with_for_update=True)
+        if sub is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        check_transition("subscription", SubscriptionStatus(sub.status), SubscriptionStatus.paused)
+        if sub.held_at is not None:
+            raise Conflict(
+                f"subscription {subscription_id} is held for review ({sub.held_reason}); "
+                "release it first (billing subscriptions release)"
+            )
         now = ctx.clock.now()
+        plan = s.get(Plan, sub.plan_id)
+        assert plan is not None
+        owed = started_periods(ctx, sub, plan, now)
+        if owed:
+            if over_cap(ctx, sub, owed):
+                raise Conflict(
+                    f"subscription {subscription_id} has {len(owed)} started periods not yet "
+                    f"invoiced, more than the catch-up cap of {ctx.catchup_max_periods}; the next "
+                    "billing pass holds it for review: release it, then pause"
+                )
+            if invoice_periods(ctx, s, sub, plan, owed, now) < 0:
+                raise Conflict(f"subscription {subscription_id} changed meanwhile; try again")
+            s.refresh(sub)
+            if sub.status == SubscriptionStatus.canceled:
+                return sub  # its cancel-at-period-end came due: nothing is left to pause
         set_status(ctx, s, sub, SubscriptionStatus.paused, now, reason)
         sub.paused_at = now
         return sub
@@ -260,3 +342,60 @@ def resume_subscription(
         sub.paused_at = None
         set_status(ctx, s, sub, SubscriptionStatus.active, now, reason, "subscription.resumed")
         return sub
+
+
+def release_subscription(
+    ctx: BillingContext, subscription_id: int, *, reason: str | None, skip_to_now: bool
+) -> tuple[Subscription, int]:
+    """Release a subscription held for review; returns it and the periods it will bill.
+
+    Either bill the missed periods (the next pass may invoice them past the catch-up cap, once:
+    the allowance ends at the period running now) or skip them, billing from the period
+    running now. Who released it and why goes into the event log.
+    """
+    reason = checked_reason(reason)
+    if reason is None:
+        raise InvalidInput("--reason is required: say why the held periods are billed or skipped")
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        sub = s.get(Subscription, subscription_id, with_for_update=True)
+        if sub is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        if sub.held_at is None:
+            raise Conflict(f"subscription {subscription_id} is not held")
+        if sub.status == SubscriptionStatus.canceled:
+            raise Conflict(f"subscription {subscription_id} is canceled")
+        plan = s.get(Plan, sub.plan_id)
+        assert plan is not None
+        interval = Interval(plan.interval)
+        current = period_index_at(sub.anchor_at, interval, plan.interval_count, now, ctx.tz)
+        first = sub.next_period_index
+        skipped = max(current - first, 0) if skip_to_now else 0
+        if skip_to_now:
+            sub.next_period_index = first + skipped
+            sub.next_billing_at = period_start(
+                sub.anchor_at, interval, plan.interval_count, sub.next_period_index, ctx.tz
+            )
+            sub.catchup_through_index = None
+        else:
+            sub.catchup_through_index = current
+        billed = max(current - sub.next_period_index + 1, 0)
+        held_periods = sub.held_periods
+        sub.held_at = sub.held_reason = sub.held_periods = None
+        sub.updated_at = now
+        s.add(sub)
+        record_event(
+            s,
+            at=now,
+            entity_type="subscription",
+            entity_id=subscription_id,
+            event="subscription.released",
+            actor=ctx.actor,
+            reason=reason,
+            mode="skip" if skip_to_now else "bill",
+            held_periods=held_periods,
+            periods_billed=billed,
+            periods_skipped=skipped,
+            first_skipped_index=first if skipped else None,
+        )
+        return sub, billed

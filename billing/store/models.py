@@ -105,6 +105,12 @@ class Subscription(SQLModel, table=True):
     cancel_at_period_end: bool = False
     canceled_at: datetime | None = _utc(nullable=True)
     paused_at: datetime | None = _utc(nullable=True)
+    # Held for review (too many periods due at once): not invoiced until a person releases it.
+    held_at: datetime | None = _utc(nullable=True)
+    held_reason: str | None = Field(default=None, max_length=200)
+    held_periods: int | None = None
+    # Released to bill a catch-up: periods up to this index may be invoiced past the cap, once.
+    catchup_through_index: int | None = None
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
 
@@ -193,6 +199,7 @@ class BillingRun(SQLModel, table=True):
     started_at: datetime = _utc()
     finished_at: datetime | None = _utc(nullable=True)
     invoices_created: int = 0
+    subscriptions_held: int = 0
     attempts: int = 0
     totals: dict[str, Any] = _json()
 

@@ -199,7 +199,7 @@ def test_a_merchant_bills_a_customer_through_the_cli(cli: Cli) -> None:
            "--currency", "UYU")  # fmt: skip
     sub = cli.ok(
         "subscriptions", "create", "--customer", "cus-ana", "--plan", "basic",
-        "--start", "2026-01-31",
+        "--start", "2026-01-31", "--backdate",
     )  # fmt: skip
     assert sub["status"] == "active"
     first = cli.ok("run", "--once", "--as-of", "2026-01-31T12:00:00+00:00")
@@ -297,3 +297,83 @@ def test_a_database_outage_is_one_line_not_a_traceback(cli: Cli) -> None:
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "SECRET" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def periods_since(text: str) -> int:
+    """How many monthly periods a subscription starting on local date `text` has started."""
+    from datetime import UTC, date, datetime, time
+    from zoneinfo import ZoneInfo
+
+    from billing.domain.periods import Interval, period_index_at
+
+    tz = ZoneInfo("America/Montevideo")
+    anchor = datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz)
+    return period_index_at(anchor, Interval.month, 1, datetime.now(UTC), tz) + 1
+
+
+def test_a_start_centuries_ago_is_one_line_naming_backdate_and_writes_nothing(cli: Cli) -> None:
+    seed(cli)
+    args = ["subscriptions", "create", "--customer", "cus-1", "--plan", "basic"]
+    before = cli.snapshot()
+    result = cli(*args, "--start", "1026-12-01")
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert "--backdate" in result.stderr
+    assert f"bill {periods_since('1026-12-01'):,} periods at once" in result.stderr
+    assert cli.snapshot() == before
+
+
+def test_backdate_prints_the_periods_first_and_a_catch_up_beyond_the_cap_waits_for_release(
+    cli: Cli,
+) -> None:
+    from sqlmodel import select
+
+    from billing.store.db import make_engine, session
+    from billing.store.models import Event
+
+    seed(cli)
+    start = "2000-01-01"
+    periods = periods_since(start)
+    result = cli(
+        "subscriptions", "create", "--customer", "cus-1", "--plan", "basic", "--start", start,
+        "--backdate",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, created = result.stdout.splitlines()
+    assert first.startswith(f"backdate: the next billing pass bills {periods:,} periods, ")
+    assert "more than the catch-up cap of 12" in first
+    assert created.startswith("created subscription 1 ")
+    held_run = cli("run", "--once")
+    assert held_run.exit_code == 0, held_run.output
+    assert "0 invoices created, 1 subscription held for review" in held_run.stdout
+    assert cli.simulator.payments() == [], "a held subscription is not charged"
+    shown = cli.ok("subscriptions", "show", "1")
+    assert shown["held_periods"] == periods and shown["held_at"] is not None
+    assert "catch-up cap of 12" in shown["held_reason"]
+    text = cli("subscriptions", "show", "1").stdout
+    assert "held_reason" in text and "held_periods" in text
+    assert [s["id"] for s in cli.ok("subscriptions", "list", "--held")] == [1]
+    [run] = cli.ok("runs", "list")
+    assert run["subscriptions_held"] == 1
+    refused(cli, ["subscriptions", "release", "1", "--reason", "  "], "--reason is required")
+    released = cli(
+        "subscriptions", "release", "1", "--reason", "typo in the start", "--skip-to-now",
+        "--by", "alice",
+    )  # fmt: skip
+    assert released.exit_code == 0, released.output
+    assert released.stdout.strip() == (
+        "subscription 1 released by alice, skipping the missed periods: "
+        "the next billing pass bills 1 period"
+    )
+    billed = cli.ok("run", "--once")
+    assert billed["billing_pass"]["invoices_created"] == 1
+    assert billed["billing_pass"]["subscriptions_held"] == 0
+    assert len(cli.ok("invoices", "list")) == 1  # (cus-1 has no card: declined, not sent)
+    assert cli.ok("subscriptions", "list", "--held") == []
+    refused(cli, ["subscriptions", "release", "1", "--reason", "again"], "is not held")
+    engine = make_engine(cli.db_url)
+    with session(engine) as s:
+        [event] = s.exec(select(Event).where(Event.event == "subscription.released")).all()
+    engine.dispose()
+    assert (event.actor, event.reason) == ("alice", "typo in the start")
+    assert event.data["periods_skipped"] == periods - 1

@@ -16,7 +16,7 @@ from billing.engine.invoicing import create_due_invoices
 from billing.engine.reconcile import reconcile
 from billing.store.db import session
 from billing.store.models import BillingRun, ChargeAttempt, Event, Invoice, Subscription
-from billing.testing import ensure_plan, ledger, seed_subscriptions
+from billing.testing import ensure_plan, invoice_refs_charged, ledger, seed_subscriptions
 from tests.integration.conftest import START, Env
 
 
@@ -83,7 +83,7 @@ def test_pending_payment_settles_through_the_reconciler(env: Env) -> None:
 def test_monthly_periods_clamp_to_month_end_and_each_is_billed_once(env: Env) -> None:
     ensure_plan(env.ctx)
     jan31 = START.replace(month=1, day=31, hour=15)  # 12:00 in Montevideo
-    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=jan31)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=jan31, backdate=True)
     env.clock.set(jan31 + timedelta(days=95))
     run_billing_pass(env.ctx)
     run_billing_pass(env.ctx)
@@ -121,6 +121,30 @@ def test_pause_skips_periods_and_resume_bills_from_the_next_start(env: Env) -> N
     env.clock.set(resumed.next_billing_at)
     run_billing_pass(env.ctx)
     assert [i.period_index for i in invoices_of(env, sub_id)] == [0, 2]
+
+
+def test_pause_bills_a_period_that_started_while_active_and_resume_skips_the_paused_ones(
+    env: Env,
+) -> None:
+    """Issue 5 item 3: period 1 started while active but no pass ran before the pause (between
+    ticks, or the daemon was down): it is billed; period 2, started while paused, is not."""
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    run_billing_pass(env.ctx)
+    env.clock.set(START + timedelta(days=35))  # Apr 5: period 1 (Apr 1) started, not invoiced
+    subscriptions.pause_subscription(env.ctx, sub_id, reason="holiday")
+    assert [i.period_index for i in invoices_of(env, sub_id)] == [0, 1]
+    run_billing_pass(env.ctx)  # the owed invoice is charged even while paused
+    env.clock.set(START + timedelta(days=70))  # May 10: period 2 (May 1) started while paused
+    run_billing_pass(env.ctx)
+    resumed = subscriptions.resume_subscription(env.ctx, sub_id, reason="back")
+    assert resumed.next_billing_at is not None
+    env.clock.set(resumed.next_billing_at)
+    run_billing_pass(env.ctx)
+    invoices = invoices_of(env, sub_id)
+    assert [i.period_index for i in invoices] == [0, 1, 3]
+    assert {i.status for i in invoices} == {"paid"}
+    assert set(invoice_refs_charged(env.simulator.payments()).values()) == {1}
 
 
 def test_trial_delays_the_first_charge(env: Env) -> None:
@@ -179,6 +203,7 @@ def test_concurrent_outcomes_of_one_subscription_keep_the_latest_paid_period(env
     """Catch-up charges a year of periods of one subscription in parallel: the subscription's
     paid period must end up at the last one (no lost update between concurrent recorders)."""
     ensure_plan(env.ctx, code="daily", interval="day")
+    env.ctx.catchup_max_periods = 60  # a catch-up the operator allowed (default cap: 12)
     [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="daily", start=START)
     env.clock.set(START + timedelta(days=59, hours=1))
     run_billing_pass(env.ctx)
@@ -229,10 +254,10 @@ def test_invoicing_does_not_resurrect_a_subscription_canceled_meanwhile(env: Env
 
     invoicing.session = stale_session  # type: ignore[assignment]
     try:
-        created = invoicing.invoice_due_periods(env.ctx, sub_id, env.clock.now())
+        step = invoicing.invoice_due_periods(env.ctx, sub_id, env.clock.now())
     finally:
         invoicing.session = original  # type: ignore[assignment]
-    assert created == 0 and invoices_of(env, sub_id) == []
+    assert step.created == 0 and not step.held and invoices_of(env, sub_id) == []
 
 
 def test_a_refused_resend_is_not_taken_as_proof_that_nothing_was_charged(env: Env) -> None:

@@ -305,3 +305,35 @@ def test_subscriptions_import_jsonl_all_ok_exits_zero(cli: Cli) -> None:
     assert (code, statuses(report)) == (0, {1: "ok"})
     (sub,) = cli.ok("subscriptions", "list")
     assert sub["anchor_at"].startswith("2030-01-01T03:00:00")  # local midnight, Montevideo
+
+
+def test_subscriptions_import_applies_the_backdate_rule_of_subscriptions_create(cli: Cli) -> None:
+    """Issue 5 item 2: a start one interval or more ago needs `backdate` in the file too."""
+    for ref in ("s-1", "s-2", "s-3", "s-4"):
+        cli.ok("customers", "create", "--reference-id", ref, "--email", f"{ref}@example.com")
+    basic_plan(cli)
+    text = (
+        '{"customer": "s-1", "plan": "basic", "start": "1026-12-01"}\n'
+        '{"customer": "s-2", "plan": "basic", "start": "2020-01-01", "backdate": true}\n'
+        '{"customer": "s-3", "plan": "basic", "start": "2020-01-01", "backdate": "maybe"}\n'
+        '{"customer": "s-4", "plan": "basic", "start": "2020-01-01", "backdate": false}\n'
+    )
+    path = cli.file("subs.jsonl", text)
+    before = cli.snapshot()
+    expected = {1: "error", 2: "ok", 3: "error", 4: "error"}
+    code, dry, _ = cli.run_import("subscriptions", "import", path, "--dry-run")
+    assert (code, statuses(dry)) == (2, expected)
+    assert cli.snapshot() == before, "a dry run writes nothing"
+    code, report, _ = cli.run_import("subscriptions", "import", path)
+    assert (code, statuses(report)) == (2, expected)
+    reasons = {r["line"]: r["reason"] for r in report}
+    assert "--backdate" in reasons[1] and "periods at once" in reasons[1]
+    assert "backdate must be true or false" in reasons[3]
+    assert "--backdate" in reasons[4]
+    counted = reasons[2].removeprefix("created subscription 1 (active); ")
+    assert counted.startswith("backdated: bills ") and counted.endswith(" periods")
+    assert dry[1]["reason"] == f"valid; {counted}", "the dry run says the same count"
+    assert [s["customer"] for s in cli.ok("subscriptions", "list")] == ["s-2"]
+    csv_path = cli.file("subs.csv", "customer,plan,start,backdate\ns-3,basic,2020-01-01,yes\n")
+    code, report, _ = cli.run_import("subscriptions", "import", csv_path)
+    assert (code, statuses(report)) == (0, {2: "ok"})

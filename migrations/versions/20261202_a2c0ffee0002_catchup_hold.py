@@ -1,7 +1,7 @@
 """Catch-up cap: subscriptions held for review, the release allowance, held count per run.
 
 Revision ID: a2c0ffee0002
-Revises: ec230408422c
+Revises: e9c0ffee0009
 Create Date: 2026-12-02 14:10:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "a2c0ffee0002"
-down_revision: str | Sequence[str] | None = "ec230408422c"
+down_revision: str | Sequence[str] | None = "e9c0ffee0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

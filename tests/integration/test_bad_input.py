@@ -304,3 +304,17 @@ def test_an_error_line_escapes_what_it_quotes(cli: Cli) -> None:
     assert result.exit_code == 2
     [line] = result.stderr.splitlines()
     assert line.isprintable() and line.startswith("error: start"), line
+
+
+def test_legitimate_values_are_not_taken_for_card_numbers(cli: Cli) -> None:
+    """Phone numbers, documents, timestamps and long non-Luhn references are stored as given."""
+    view = cli.ok(
+        "customers", "create", "--reference-id", "4444333322221113", "--email", "p@example.com",
+        "--phone", "+86 138 0013 8002",  # 13 digits that pass Luhn, but a phone number
+        "--document-type", "RUT", "--document-number", "21-100342-001-7",
+        "--address-line1", "Av. 18 de Julio 1234, apto 501",
+        "--metadata", "imported_at=2025-07-01 09:00:00",  # 14 Luhn-valid digits: a timestamp
+        "--metadata", "crm=12345678901234567890123",  # one 23-digit identifier
+    )  # fmt: skip
+    assert view["phone"] == "+8613800138002"
+    assert view["metadata"]["imported_at"] == "2025-07-01 09:00:00"

@@ -6,15 +6,21 @@ as it is (too long, not printable) is refused as a gateway failure and nothing i
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
+from sqlmodel import select
 
 from billing.domain.cards import MASK
 from billing.engine import customers
+from billing.engine.billing_pass import run_billing_pass
 from billing.plexo.errors import PlexoError
 from billing.plexo.models import PlexoCustomer, PlexoInstrument
-from tests.integration.conftest import Env, table_counts
+from billing.plexo.outcome import ChargeOutcome
+from billing.store.db import session
+from billing.store.models import ChargeAttempt
+from billing.testing import ensure_plan, seed_subscriptions
+from tests.integration.conftest import START, Env, table_counts
 from tests.unit.test_cards import fullwidth
 
 
@@ -87,3 +93,21 @@ def test_a_customer_id_that_cannot_be_stored_writes_nothing(
     with pytest.raises(PlexoError, match="Plexo sent a customer id that cannot be stored"):
         customers.create_customer(env.ctx, data)
     assert table_counts(url) == before
+
+
+def test_a_decline_message_from_plexo_is_stored_masked_and_escaped(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START - timedelta(days=1))
+    declined = ChargeOutcome(
+        "declined",
+        decline_code="51",
+        decline_message="Fondos insuficientes 4507 9900 0000 4905\n\x1b[31mFAKE",
+        http_status=402,
+    )
+    monkeypatch.setattr(env.ctx.plexo, "create_payment", lambda request: declined)
+    run_billing_pass(env.ctx)
+    with session(env.ctx.engine) as s:
+        [attempt] = s.exec(select(ChargeAttempt)).all()
+    assert attempt.message == f"Fondos insuficientes {MASK}\\n\\x1b[31mFAKE"

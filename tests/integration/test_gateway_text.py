@@ -14,11 +14,12 @@ from sqlmodel import select
 from billing.domain.cards import MASK
 from billing.engine import customers
 from billing.engine.billing_pass import run_billing_pass
+from billing.engine.events import record_event
 from billing.plexo.errors import PlexoError
 from billing.plexo.models import PlexoCustomer, PlexoInstrument
 from billing.plexo.outcome import ChargeOutcome
 from billing.store.db import session
-from billing.store.models import ChargeAttempt
+from billing.store.models import ChargeAttempt, Event
 from billing.testing import ensure_plan, seed_subscriptions
 from tests.integration.conftest import START, Env, table_counts
 from tests.unit.test_cards import fullwidth
@@ -111,3 +112,14 @@ def test_a_decline_message_from_plexo_is_stored_masked_and_escaped(
     with session(env.ctx.engine) as s:
         [attempt] = s.exec(select(ChargeAttempt)).all()
     assert attempt.message == f"Fondos insuficientes {MASK}\\n\\x1b[31mFAKE"
+
+
+def test_a_composed_event_reason_is_kept_within_its_column(env: Env) -> None:
+    """Engine-made reasons quote gateway codes: never a PostgreSQL-only failure."""
+    with session(env.ctx.engine) as s:
+        record_event(
+            s, at=START, entity_type="invoice", entity_id=1, event="x", actor="t", reason="r" * 600
+        )
+    with session(env.ctx.engine) as s:
+        [event] = s.exec(select(Event)).all()
+    assert event.reason == "r" * 500

@@ -113,8 +113,9 @@ def _card_spans(value: str) -> Iterator[tuple[int, int]]:
 def _is_timestamp(value: str) -> bool:
     """A value that is exactly an ISO date or date-time ("2025-07-01 10:00:00") is not a card.
 
-    Its 14 or more digits would pass Luhn one time in ten; no card network issues numbers that
-    start with a year, so nothing that is a card number is let through by this.
+    Its 14 or more digits would pass Luhn one time in ten. The major networks issue no numbers
+    starting with 19 or 20 (Mastercard's 2-series starts at 2221), and a card number would have
+    to be written as a real calendar date and time to pass here.
     """
     text = value.strip()
     if not 10 <= len(text) <= 40 or not text.isascii() or text[4:5] + text[7:8] != "--":

@@ -38,6 +38,8 @@ def _kind(char: str) -> str:
         return "a line separator"
     if 0xD800 <= code <= 0xDFFF:
         return "a lone surrogate (broken Unicode)"
+    if char in "\ufffe\uffff":
+        return "a noncharacter"
     return "an invisible character"
 
 

@@ -15,7 +15,8 @@ from billing.domain.cards import MASK
 from billing.engine import customers
 from billing.engine.billing_pass import run_billing_pass
 from billing.engine.events import record_event
-from billing.plexo.errors import PlexoError
+from billing.engine.reconcile import reconcile
+from billing.plexo.errors import GatewayUnavailable, PlexoError
 from billing.plexo.models import PlexoCustomer, PlexoInstrument
 from billing.plexo.outcome import ChargeOutcome
 from billing.store.db import session
@@ -123,3 +124,23 @@ def test_a_composed_event_reason_is_kept_within_its_column(env: Env) -> None:
     with session(env.ctx.engine) as s:
         [event] = s.exec(select(Event)).all()
     assert event.reason == "r" * 500
+
+
+def test_a_gateway_error_quoted_by_the_reconciler_is_stored_masked(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START - timedelta(days=1))
+    unknown = ChargeOutcome("unknown", detail="timeout")
+    monkeypatch.setattr(env.ctx.plexo, "create_payment", lambda request: unknown)
+    run_billing_pass(env.ctx)
+
+    def broken(ref: str) -> None:
+        raise GatewayUnavailable("proxy said: card 4444 3333 2222 1111\r\nX-Injected: 1")
+
+    monkeypatch.setattr(env.ctx.plexo, "find_payment", broken)
+    env.clock.advance(timedelta(minutes=5))
+    reconcile(env.ctx)
+    with session(env.ctx.engine) as s:
+        [attempt] = s.exec(select(ChargeAttempt)).all()
+    assert attempt.message == f"gateway unavailable: proxy said: card {MASK}\\r\\nX-Injected: 1"

@@ -42,8 +42,10 @@ class EventFormatter(logging.Formatter):
 
 
 def _logfmt(value: Any) -> str:
+    """A bare word, or a JSON string (every control, bidi and non-ASCII character escaped), so
+    that no value can split the line or fake another key."""
     text = str(value)
-    if not text or any(c in text for c in ' ="'):
+    if not text or not text.isascii() or not text.isprintable() or any(c in text for c in ' ="\\'):
         return json.dumps(text)
     return text
 

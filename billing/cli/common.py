@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from sqlalchemy.exc import DBAPIError
 
+from billing.domain.text import escape, escape_keeping_newlines
 from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
 from billing.settings import Settings, load_settings
 
@@ -53,17 +54,17 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except (InvalidInput, NotFound, Conflict, ConfigError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {escape(str(exc))}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
         except BillingError as exc:  # the gateway or another dependency failed
-            typer.echo(f"error: {exc}{_hint(exc)}", err=True)
+            typer.echo(f"error: {escape(str(exc))}{_hint(exc)}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
         except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {escape(str(exc))}", err=True)
             raise typer.Exit(EXIT_INPUT) from None
         except DBAPIError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            typer.echo(f"error: the database failed: {reason[:300]}", err=True)
+            typer.echo(f"error: the database failed: {escape(reason[:300])}", err=True)
             raise typer.Exit(EXIT_FAILED) from None
 
     return wrapper
@@ -127,17 +128,18 @@ def cell(value: Any) -> str:
         return value.astimezone(GLOBALS.display_tz).strftime("%Y-%m-%d %H:%M")
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return escape(str(value))  # a value never moves the cursor or starts a new line
 
 
 def output(data: Any, as_json: bool, text: str) -> None:
+    """JSON (ensure_ascii: every control character escaped) or text, made terminal-safe."""
     if as_json:
         print_json(data)
     else:
-        typer.echo(text)
+        typer.echo(escape_keeping_newlines(text))
 
 
 def progress(message: str) -> None:
     """Progress for long manual work goes to stderr, so --json output stays clean."""
     if sys.stderr.isatty() or os.environ.get("BILLING_PROGRESS"):
-        typer.echo(message, err=True)
+        typer.echo(escape(message), err=True)

@@ -57,7 +57,7 @@ def _parse_metadata(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise InvalidInput(f"metadata {pair!r} must look like key=value")
+            raise InvalidInput("--metadata must look like key=value (a key, '=', then the value)")
         result[key] = value
     return result
 
@@ -205,7 +205,7 @@ def show(reference_id: str, as_json: bool = JsonOption) -> None:
 def _plain(value: Any) -> str:
     """Nested values as `key: value` pairs, not Python reprs."""
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {v}" for k, v in value.items())
+        return ", ".join(f"{cell(k)}: {cell(v)}" for k, v in value.items())
     return cell(value)
 
 

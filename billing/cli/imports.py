@@ -25,6 +25,7 @@ from billing.cli.customers import _raw_fields
 from billing.cli.subscriptions import parse_start
 from billing.domain.importfile import Columns, Row, file_format, flag, parse_rows
 from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.text import escape
 from billing.engine import customers as customer_svc
 from billing.engine import subscriptions as subscription_svc
 from billing.engine.context import BillingContext
@@ -319,8 +320,9 @@ def _run(
                 if as_json:
                     typer.echo(json.dumps(result.view()))
                 else:
-                    key = f" {result.key}" if result.key else ""
-                    typer.echo(f"line {result.line}: {result.status}{key}: {result.reason}")
+                    key = f" {escape(result.key)}" if result.key else ""
+                    reason = escape(result.reason)
+                    typer.echo(f"line {result.line}: {result.status}{key}: {reason}")
                 if done % step == 0 or done == len(rows):
                     progress(_bar(what, done, len(rows)))
         except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from billing.cli.common import EXIT_FAILED, JsonOption, handle_errors, output, settings
+from billing.cli.common import EXIT_FAILED, JsonOption, cell, handle_errors, output, settings
 from billing.errors import BillingError
 from billing.settings import describe, describe_text
 
@@ -113,7 +113,9 @@ def _short(exc: Exception) -> str:
 
 
 def _report(checks: list[dict[str, Any]], as_json: bool) -> None:
-    lines = [f"{'ok' if c['ok'] else 'FAIL':<4} {c['check']:<12} {c['detail']}" for c in checks]
+    lines = [
+        f"{'ok' if c['ok'] else 'FAIL':<4} {c['check']:<12} {cell(c['detail'])}" for c in checks
+    ]
     output({"ok": all(c["ok"] for c in checks), "checks": checks}, as_json, "\n".join(lines))
 
 

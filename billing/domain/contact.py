@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from billing.domain.cards import refuse_card_numbers
+from billing.domain.text import checked_text, refuse_too_long, refuse_unsafe
 from billing.errors import InvalidInput
 
 MAX_EMAIL = 254  # RFC 5321 path limit
@@ -19,6 +20,17 @@ MAX_EMAIL_LOCAL = 64
 MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
+# Keys plus values, in characters: what one customer may carry in its JSON column and at Plexo.
+MAX_METADATA_CHARS = 8_000
+# The address is a JSON column (no VARCHAR length): its limits live here.
+ADDRESS_LIMITS = {
+    "line1": 200,
+    "line2": 200,
+    "city": 100,
+    "state": 100,
+    "postal_code": 20,
+    "country": 100,
+}
 EARLIEST_BIRTHDATE = date(1900, 1, 1)
 
 _DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
@@ -91,33 +103,55 @@ def parse_birthdate(s: str, today: date) -> date:
     return value
 
 
+def normalize_address(d: Mapping[Any, Any]) -> dict[str, str]:
+    """The given address fields (empty ones dropped), each checked as `address_<field>`."""
+    if not isinstance(d, Mapping):
+        raise InvalidInput("address must be an object of address fields")
+    unknown = sorted(str(k) for k in d if k not in ADDRESS_LIMITS)
+    if unknown:
+        refuse_unsafe(" ".join(unknown), "address field name")
+        raise InvalidInput(f"unknown address field(s) {unknown}; use {list(ADDRESS_LIMITS)}")
+    result: dict[str, str] = {}
+    for key, value in d.items():
+        if value is None or value == "":
+            continue
+        text = value if isinstance(value, str) else str(value)
+        text = checked_text(text, f"address_{key}", ADDRESS_LIMITS[key])
+        if text:
+            result[key] = text
+    return result
+
+
 def normalize_metadata(d: Mapping[Any, Any]) -> dict[str, str]:
     """String-to-string metadata within Plexo-friendly limits, with no card numbers inside.
 
     Integers are accepted as values and turned into text (JSON input often carries them);
-    anything else that is not a string is refused rather than guessed at.
+    anything else that is not a string is refused rather than guessed at. A key is only ever
+    named in a message once it is known to be safe to show (no control character, no card).
     """
     if not isinstance(d, Mapping):
         raise InvalidInput("metadata must be an object of string keys and string values")
-    # First, so that no message below can echo a card number found in a key.
-    refuse_card_numbers(d, "metadata")
     if len(d) > MAX_METADATA_KEYS:
         raise InvalidInput(f"metadata has {len(d)} keys; at most {MAX_METADATA_KEYS} are allowed")
     result: dict[str, str] = {}
+    total = 0
     for key, value in d.items():
         if not isinstance(key, str) or not key.strip():
             raise InvalidInput("metadata keys must be non-empty strings")
-        if len(key) > MAX_METADATA_KEY:
-            raise InvalidInput(
-                f"metadata key {key[:MAX_METADATA_KEY]!r}... is longer than "
-                f"{MAX_METADATA_KEY} characters"
-            )
+        refuse_unsafe(key, "metadata key")
+        refuse_too_long(key, "metadata key", MAX_METADATA_KEY)
+        refuse_card_numbers(key, "metadata")
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise InvalidInput(f"metadata value for {key!r} must be a string")
         text = str(value)
-        if len(text) > MAX_METADATA_VALUE:
+        field = f"metadata value for {key!r}"
+        refuse_unsafe(text, field)
+        refuse_too_long(text, field, MAX_METADATA_VALUE)
+        refuse_card_numbers(text, "metadata")
+        total += len(key) + len(text)
+        if total > MAX_METADATA_CHARS:
             raise InvalidInput(
-                f"metadata value for {key!r} is longer than {MAX_METADATA_VALUE} characters"
+                f"metadata keys and values must be at most {MAX_METADATA_CHARS} characters in all"
             )
         result[key] = text
     return result

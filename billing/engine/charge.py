@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from billing.domain.declines import DeclineClass, classify_decline_codes
 from billing.domain.lifecycle import AttemptState, InvoiceStatus, SubscriptionStatus
+from billing.domain.text import gateway_text
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.engine.status import set_status
@@ -230,7 +231,7 @@ def record_outcome(
         assert sub is not None
         attempt.plexo_payment_id = outcome.payment_id or attempt.plexo_payment_id
         text = outcome.decline_message or outcome.detail
-        attempt.message = text[:500] if text else None
+        attempt.message = gateway_text(text, 500)  # masked and escaped: it is Plexo's text
         if outcome.kind == "declined" and outcome.not_charged and attempt.send_count > 1:
             # A refusal of a RESEND says nothing about the first send, which may have been
             # charged: not proof of "no money moved", so it stays with the reconciler.

@@ -16,8 +16,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from billing.domain.cards import refuse_card_number_as_token, refuse_card_numbers
+from billing.domain.cards import refuse_card_number_as_token
 from billing.domain.contact import (
+    ADDRESS_LIMITS,
+    normalize_address,
     normalize_email,
     normalize_metadata,
     normalize_phone,
@@ -25,6 +27,8 @@ from billing.domain.contact import (
 )
 from billing.domain.identity import normalize_document
 from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.text import checked_text, gateway_text, refuse_unsafe
+from billing.engine import limits
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.engine.invoicing import void_open_invoices
@@ -41,7 +45,7 @@ from billing.store.models import Customer, PaymentInstrument, Subscription
 
 log = logging.getLogger(__name__)
 
-ADDRESS_KEYS = ("line1", "line2", "city", "state", "postal_code", "country")
+ADDRESS_KEYS = tuple(ADDRESS_LIMITS)
 CUSTOMER_STATUSES = ("active", "inactive")
 
 
@@ -63,52 +67,58 @@ class CustomerInput:
 
 
 def validate_customer(raw: dict[str, Any], today: date) -> CustomerInput:
-    """Check every field; raises InvalidInput naming the field. Card numbers are refused."""
-    for name, value in raw.items():
-        refuse_card_numbers(value, name)
-    ref = str(raw.get("reference_id") or "").strip()
+    """Check every field; raises InvalidInput naming the field. Card numbers, control
+    characters and text longer than its column are refused before anything else."""
+    text = _checked_texts(raw)
+    ref = text.get("reference_id", "")
     if not ref:
         raise InvalidInput("reference_id is required")
-    if len(ref) > 100:
-        raise InvalidInput("reference_id must be at most 100 characters")
-    if not raw.get("email"):
+    if not text.get("email"):
         raise InvalidInput("email is required (Plexo rejects customers without one)")
-    doc_type, doc_number = raw.get("document_type"), raw.get("document_number")
+    doc_type, doc_number = text.get("document_type"), text.get("document_number")
     if bool(doc_type) != bool(doc_number):
         raise InvalidInput("document needs both a type and a number")
     document: tuple[str | None, str | None] = (None, None)
     if doc_type and doc_number:
-        document = normalize_document(str(doc_type), str(doc_number))
-    address = {k: str(v).strip() for k, v in (raw.get("address") or {}).items() if v}
-    unknown = sorted(set(address) - set(ADDRESS_KEYS))
-    if unknown:
-        raise InvalidInput(f"unknown address field(s) {unknown}; use {list(ADDRESS_KEYS)}")
-    status = str(raw.get("status") or "active")
+        document = normalize_document(doc_type, doc_number)
+    address = normalize_address(raw.get("address") or {})
+    status = text.get("status") or "active"
     if status not in CUSTOMER_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(CUSTOMER_STATUSES)} (got {status!r})")
-    birthdate = raw.get("birthdate")
+    birthdate = text.get("birthdate")
     return CustomerInput(
         reference_id=ref,
-        email=normalize_email(str(raw["email"])),
-        first_name=_name(raw.get("first_name"), "first_name"),
-        last_name=_name(raw.get("last_name"), "last_name"),
-        phone=normalize_phone(str(raw["phone"])) if raw.get("phone") else None,
+        email=normalize_email(text["email"]),
+        first_name=text.get("first_name") or None,
+        last_name=text.get("last_name") or None,
+        phone=normalize_phone(text["phone"]) if text.get("phone") else None,
         document_type=document[0],
         document_number=document[1],
         address=address,
-        birthdate=parse_birthdate(str(birthdate), today) if birthdate else None,
+        birthdate=parse_birthdate(birthdate, today) if birthdate else None,
         metadata=normalize_metadata(dict(raw.get("metadata") or {})),
         status=status,
     )
 
 
-def _name(value: object, what: str) -> str | None:
-    if value is None or str(value).strip() == "":
-        return None
-    text = str(value).strip()
-    if len(text) > 100:
-        raise InvalidInput(f"{what} must be at most 100 characters")
-    return text
+def _checked_texts(raw: dict[str, Any]) -> dict[str, str]:
+    """The plain text fields of `raw`, stripped, each within its column's length (the address
+    and metadata, kept as JSON, are checked by their own normalisers)."""
+    result: dict[str, str] = {}
+    for name, value in raw.items():
+        if name in ("address", "metadata") or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidInput(f"{name} must be text")
+        limit = limits.CUSTOMER.get(name, _OTHER_TEXT)
+        # "+86 138 0013 8000" has 13 digits and passes Luhn one time in ten; no card number
+        # is written with a leading +, so an international phone number is not checked as one.
+        international = name == "phone" and str(value).strip().startswith("+")
+        result[name] = checked_text(str(value), name, limit, cards=not international)
+    return result
+
+
+_OTHER_TEXT = 100  # birthdate, or any other short field without a column of its own
 
 
 def _payload(data: CustomerInput) -> CustomerPayload:
@@ -130,6 +140,7 @@ def _payload(data: CustomerInput) -> CustomerPayload:
 
 
 def get_customer(s: Session, reference_id: str, *, include_deleted: bool = False) -> Customer:
+    refuse_unsafe(reference_id, "customer reference")
     customer = s.exec(select(Customer).where(Customer.reference_id == reference_id)).first()
     if customer is None:
         raise NotFound(f"no customer with reference {reference_id!r}")
@@ -154,7 +165,7 @@ def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
             customer = Customer(
                 reference_id=data.reference_id,
                 email=data.email,
-                plexo_id=remote.id,
+                plexo_id=_checked_gateway_id(remote.id, "customer id", limits.PLEXO_ID),
                 created_at=now,
                 updated_at=now,
             )
@@ -361,6 +372,7 @@ def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInst
     remote = {i.token: i for i in ctx.plexo.list_instruments(customer.plexo_id)}
     for token in remote:
         refuse_card_number_as_token(token, "instrument token")
+        _checked_gateway_id(token, "card token", limits.INSTRUMENT["token"])
     with session(ctx.engine) as s:
         local = {
             i.token: i
@@ -393,13 +405,32 @@ def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInst
 
 
 def _apply_instrument(row: PaymentInstrument, item: PlexoInstrument) -> None:
-    row.brand = item.brand
-    row.bin = item.bin
-    row.last4 = item.last4
-    row.card_type = item.card_type
+    """Plexo's display data, never more than a BIN and four digits: anything else that looks
+    like a card number is masked, and a BIN or last4 that is not one is dropped."""
+    row.brand = gateway_text(item.brand, limits.INSTRUMENT["brand"])
+    row.bin = _digits_or_none(item.bin, 6, limits.INSTRUMENT["bin"])
+    row.last4 = _digits_or_none(item.last4, 4, limits.INSTRUMENT["last4"])
+    row.card_type = gateway_text(item.card_type, limits.INSTRUMENT["card_type"])
     row.exp_month = item.exp_month
     row.exp_year = item.exp_year
     row.status = "active" if (item.status or "active") == "active" else "removed"
+
+
+def _digits_or_none(value: str | None, shortest: int, longest: int) -> str | None:
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return value if shortest <= len(value) <= longest else None
+
+
+def _checked_gateway_id(value: str, what: str, limit: int) -> str:
+    """An identifier Plexo gave us (customer id, token) that we store and send back: refused
+    (a gateway failure, exit 1) when it cannot be stored as it is on both backends."""
+    if len(value) > limit or not value.isprintable():
+        raise PlexoError(
+            f"Plexo sent a {what} that cannot be stored ({len(value)} characters, at most "
+            f"{limit} printable ones allowed); nothing was saved"
+        )
+    return value
 
 
 def _retire(row: PaymentInstrument, now: datetime) -> PaymentInstrument:
@@ -435,6 +466,7 @@ def list_instruments(
 
 def _find_instrument(s: Session, customer: Customer, which: str) -> PaymentInstrument:
     """An instrument by our id or by its token, refusing anything shaped like a card number."""
+    refuse_unsafe(which, "instrument")
     refuse_card_number_as_token(which, "instrument")
     query = select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
     if which.isdigit() and len(which) < 12:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from billing.engine.limits import REASON
 from billing.store.models import Event
 
 
@@ -29,7 +30,9 @@ def record_event(
             entity_id=entity_id,
             event=event,
             actor=actor,
-            reason=reason,
+            # People's reasons are checked where they are typed (checked_reason); this keeps a
+            # composed one (with a gateway's code in it) within the column on PostgreSQL too.
+            reason=reason[:REASON] if reason else reason,
             data=data,
         )
     )

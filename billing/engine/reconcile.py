@@ -20,6 +20,7 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
 from billing.domain.lifecycle import AttemptState, InvoiceStatus
+from billing.domain.text import gateway_text
 from billing.engine.charge import (
     UNRESOLVED,
     AttemptResult,
@@ -218,7 +219,7 @@ def _check_later(ctx: BillingContext, ref: str, now: datetime, delay: timedelta,
             attempt.state = AttemptState.unknown
         attempt.check_count += 1
         attempt.next_check_at = now + delay
-        attempt.message = why[:500]
+        attempt.message = gateway_text(why, 500)  # may quote the gateway's own words
         s.add(attempt)
         s.exec(
             update(Invoice)

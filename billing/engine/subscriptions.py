@@ -11,6 +11,8 @@ from billing.domain.cards import refuse_card_numbers
 from billing.domain.lifecycle import SubscriptionStatus, check_transition
 from billing.domain.money import check_currency, parse_amount
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
+from billing.domain.text import checked_text, refuse_too_long, refuse_unsafe
+from billing.engine import limits
 from billing.engine.context import BillingContext
 from billing.engine.customers import get_customer
 from billing.engine.events import record_event
@@ -25,7 +27,7 @@ from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
 from billing.store.models import Plan, Subscription
 
-PLAN_CODE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+PLAN_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def create_plan(
@@ -39,14 +41,17 @@ def create_plan(
     interval_count: int = 1,
     trial_days: int = 0,
 ) -> Plan:
-    if not PLAN_CODE.match(code):
-        raise InvalidInput(
-            f"plan code {code!r} must be 1-64 lower-case letters, digits, '.', '_' or '-'"
-        )
-    if not name.strip():
-        raise InvalidInput("plan name is required")
+    refuse_unsafe(code, "plan code")
+    refuse_too_long(code, "plan code", limits.PLAN_CODE)
     refuse_card_numbers(code, "plan code")
-    refuse_card_numbers(name, "plan name")
+    if not PLAN_CODE.fullmatch(code):
+        raise InvalidInput(
+            f"plan code {code!r} must be 1-{limits.PLAN_CODE} lower-case letters, digits, "
+            "'.', '_' or '-'"
+        )
+    name = checked_text(name, "plan name", limits.PLAN_NAME)
+    if not name:
+        raise InvalidInput("plan name is required")
     currency = check_currency(currency)
     minor = parse_amount(amount, currency)
     parsed_interval = parse_interval(interval)
@@ -60,7 +65,7 @@ def create_plan(
             raise Conflict(f"a plan with code {code!r} already exists")
         plan = Plan(
             code=code,
-            name=name.strip(),
+            name=name,
             amount_minor=minor,
             currency=currency,
             interval=parsed_interval,
@@ -78,6 +83,7 @@ def create_plan(
 
 
 def get_plan(s: Session, code: str) -> Plan:
+    refuse_unsafe(code, "plan code")
     plan = s.exec(select(Plan).where(Plan.code == code)).first()
     if plan is None:
         raise NotFound(f"no plan with code {code!r}")
@@ -236,10 +242,7 @@ def checked_reason(reason: str | None) -> str | None:
     """A person's free-text reason goes into the append-only event log: check it first."""
     if reason is None:
         return None
-    refuse_card_numbers(reason, "reason")
-    if len(reason) > 500:
-        raise InvalidInput("reason must be at most 500 characters")
-    return reason.strip() or None
+    return checked_text(reason, "reason", limits.REASON) or None
 
 
 def cancel_subscription(

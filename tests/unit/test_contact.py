@@ -15,6 +15,7 @@ from billing.domain.contact import (
     parse_birthdate,
 )
 from billing.errors import InvalidInput
+from tests.unit.test_cards import fullwidth
 
 TODAY = date(2025, 7, 1)
 
@@ -139,17 +140,28 @@ def test_birthdate_invalid(typed: str, reason: str) -> None:
 def test_metadata_normalised() -> None:
     assert normalize_metadata({}) == {}
     assert normalize_metadata({"plan": "gold", "seats": 3}) == {"plan": "gold", "seats": "3"}
-    limits = {f"k{i:02d}": "v" * 500 for i in range(50)} | {"k" * 40: "x"}
-    limits.pop("k00")
-    assert normalize_metadata(limits) == limits
+    many = {f"k{i:02d}": "v" * 100 for i in range(49)} | {"k" * 40: "x"}
+    assert normalize_metadata(many) == many
+    # Item 12: 8,000 characters of keys and values in all (16 x (3 + 497)).
+    largest = {f"k{i:02d}": "v" * 497 for i in range(15)} | {"k15": "v" * 497}
+    assert normalize_metadata(largest) == largest
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
         ({f"k{i}": "v" for i in range(51)}, "51 keys; at most 50"),
-        ({"k" * 41: "v"}, "longer than 40 characters"),
-        ({"k": "v" * 501}, "longer than 500 characters"),
+        ({"k" * 41: "v"}, "metadata key must be at most 40 characters"),
+        ({"k": "v" * 501}, "value for 'k' must be at most 500 characters"),
+        ({f"k{i:02d}": "v" * 497 for i in range(16)} | {"x": "y"}, "at most 8000 characters"),
+        ({"k\n": "v"}, r"metadata key contains a control character \(U\+000A\) at character 2"),
+        ({"k": "paid\u202e"}, r"value for 'k' contains a bidirectional-text control"),
+        ({"k": "a\x1b[2J"}, r"value for 'k' contains a control character \(U\+001B\)"),
+        ({"note": "4444/3333_2222,1111"}, "metadata looks like a card number"),
+        (
+            {fullwidth("4444333322221111"): "x"},
+            "metadata looks like a card number",
+        ),
         ({"": "v"}, "keys must be non-empty strings"),
         ({"  ": "v"}, "keys must be non-empty strings"),
         ({1: "v"}, "keys must be non-empty strings"),

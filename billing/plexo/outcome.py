@@ -33,6 +33,7 @@ DUPLICATE_REFERENCE = "duplicate-reference-id"
 # A Retry-After beyond this is treated as this: a typo at the gateway must not park a charge
 # for years (or overflow a datetime).
 MAX_RETRY_AFTER_SECONDS = 3600.0
+MAX_PAYMENT_ID = 64  # charge_attempt.plexo_payment_id
 VALIDATION_CODES = frozenset({"request-validation-errors"})
 VALIDATION_TYPES = frozenset({"invalid-request-error"})
 # A refusal of the request itself proves no money moved only with one of these envelope types
@@ -76,6 +77,14 @@ def outcome_from_payment(
     payment_id = _text(data.get("id"))
     status = (_text(data.get("status")) or "").lower() or None
     echoed = _text(data.get("referenceId"))
+    if payment_id is not None and not _storable_id(payment_id):
+        # We could neither store it nor ask Plexo about it later: not an outcome we can keep.
+        return ChargeOutcome(
+            "unknown",
+            status=status,
+            http_status=http_status,
+            detail=f"Plexo answered with an unusable payment id ({len(payment_id)} characters)",
+        )
     if reference_id is not None and echoed is not None and echoed != reference_id:
         # Not ours: keep no payment id, or a later GET would adopt another payment's state.
         return ChargeOutcome(
@@ -117,6 +126,11 @@ def outcome_from_payment(
         http_status=http_status,
         detail=f"unrecognised payment status {status!r}" if status else "payment has no status",
     )
+
+
+def _storable_id(value: str) -> bool:
+    """A gateway id we can keep and send back in a path: 1-64 visible ASCII characters."""
+    return len(value) <= MAX_PAYMENT_ID and all("!" <= ch <= "~" for ch in value)
 
 
 def _decline_reason(data: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -241,7 +255,8 @@ def _envelope_payment_id(body: Any) -> str | None:
     data = camel_keys(body)
     payment = data.get("payment")
     nested = _text(camel_keys(payment).get("id")) if isinstance(payment, Mapping) else None
-    return _text(data.get("paymentId")) or nested
+    found = _text(data.get("paymentId")) or nested
+    return found if found is not None and _storable_id(found) else None
 
 
 def _says_duplicate(code: str | None, decline_code: str | None) -> bool:

@@ -654,6 +654,17 @@ def test_a_decline_envelope_keeps_both_codes_and_the_payment_id(
     )
 
 
+@pytest.mark.parametrize("status", ["approved", "denied"])
+@pytest.mark.parametrize("payment_id", ["x" * 65, "has space", "new\nline", "ü" * 8])
+def test_an_unusable_payment_id_is_unknown(
+    client: PlexoClient, gateway: Recorder, status: str, payment_id: str
+) -> None:
+    """It could not be stored (64 characters) nor sent back in a path: nothing to adopt."""
+    gateway.answer(200, payment_dto(status, id=payment_id))
+    outcome = client.create_payment(payment_request())
+    assert (outcome.kind, outcome.payment_id) == ("unknown", None)
+
+
 def test_a_decline_body_keeps_both_codes(client: PlexoClient, gateway: Recorder) -> None:
     body = payment_dto("denied")
     body["transactions"][0].update(resultCode="43", declineCode="stolen_card")

@@ -130,6 +130,12 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def local_time(value: datetime) -> str:
+    """A moment in a sentence: the merchant's zone like the tables, with the zone named."""
+    local = value.astimezone(GLOBALS.display_tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
 def output(data: Any, as_json: bool, text: str) -> None:
     if as_json:
         print_json(data)

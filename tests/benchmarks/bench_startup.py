@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,12 +39,16 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """The commit of the `billing` package being measured (PYTHONPATH may point elsewhere)."""
+    import billing
+
+    where = Path(billing.__file__).resolve().parents[1]
     done = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        ["git", "-C", str(where), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
     )
-    return done.stdout.strip() or "unknown"
+    return f"{done.stdout.strip() or 'not a git checkout'} ({where})"
 
 
 def seed(url: str, n: int) -> None:
@@ -70,13 +75,19 @@ def seed(url: str, n: int) -> None:
     engine.dispose()
 
 
-def once(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run (CPU time suffers less from a loaded machine)."""
+    cpu, started = _children_cpu(), time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()[:500]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def main() -> None:
@@ -96,18 +107,21 @@ def main() -> None:
     }
     print(f"machine: {machine()}")
     print(f"commit:  {commit()}")
-    print(f"{args.repeat} runs each, interleaved; median (min)")
+    print(f"{args.repeat} runs each, interleaved; wall median (min), CPU median")
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.sqlite3"
         seed(url, args.customers)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
         env |= {"BILLING_DATABASE_URL": url, "BILLING_TIMEZONE": "America/Montevideo"}
         times: dict[str, list[float]] = {name: [] for name in cases}
+        cpus: dict[str, list[float]] = {name: [] for name in cases}
         for argv in cases.values():  # warm the page cache and the .pyc files
             once(argv, env)
         for _ in range(args.repeat):
             for name, argv in cases.items():
-                times[name].append(once(argv, env))
+                wall, cpu = once(argv, env)
+                times[name].append(wall)
+                cpus[name].append(cpu)
     base = statistics.median(times["python -c pass"])
     floor = statistics.median(times["python -c 'import billing.store.models'"])
     for name, values in times.items():
@@ -116,8 +130,9 @@ def main() -> None:
         if name.startswith("billing"):
             extra = f", {median / floor:4.2f}x the store floor"
             extra += "  ok" if median < GOAL_SECONDS else f"  over the {GOAL_SECONDS:.1f} s goal"
+        cpu = statistics.median(cpus[name])
         print(
-            f"{name:<42} {median:6.3f} s ({min(values):.3f})"
+            f"{name:<42} {median:6.3f} s ({min(values):.3f}) cpu {cpu:.3f}"
             f" = {median / base:5.1f}x python -c pass{extra}"
         )
     print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

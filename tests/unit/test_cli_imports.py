@@ -11,13 +11,16 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from billing.cli.lazy import EAGER, build_command
 from billing.cli.main import BillingGroup, app
 from billing.store import migrate
+from billing.wiring import DeferredPlexoClient
 
 PROBE = """
 import json, sys
@@ -68,13 +71,32 @@ def test_reading_the_store_builds_no_gateway_client(tmp_path: Path) -> None:
     assert "billing.engine.customers" in modules  # the command did run
 
 
-def test_a_gateway_command_still_gets_its_client(tmp_path: Path) -> None:
-    """The client is built on first use, so a command that calls Plexo (`check`) builds it."""
-    url = f"sqlite:///{tmp_path / 'billing.sqlite3'}"
-    migrate.upgrade(url)
-    env = {"BILLING_DATABASE_URL": url, "BILLING_PLEXO_BASE_URL": "http://127.0.0.1:9"}
-    _, modules = modules_after(["check"], env)
-    assert "billing.plexo.client" in modules
+def test_the_gateway_client_is_built_once_on_first_use() -> None:
+    built: list[FakeClient] = []
+
+    class FakeClient:
+        closed = False
+
+        def ping(self) -> str:
+            return "pong"
+
+        def close(self) -> None:
+            self.closed = True
+
+    def build() -> Any:
+        built.append(FakeClient())
+        return built[-1]
+
+    unused = DeferredPlexoClient(build)
+    unused.close()
+    assert built == [] and not unused.built
+
+    used = DeferredPlexoClient(build)
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: used.ping(), range(64))) == {"pong"}
+    assert len(built) == 1 and used.built
+    used.close()
+    assert built[0].closed
 
 
 def test_every_command_is_listed_with_its_own_one_line_help() -> None:

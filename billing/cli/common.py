@@ -131,6 +131,12 @@ def cell(value: Any) -> str:
     return escape(str(value))  # a value never moves the cursor or starts a new line
 
 
+def local_time(value: datetime) -> str:
+    """A moment in a sentence: the merchant's zone like the tables, with the zone named."""
+    local = value.astimezone(GLOBALS.display_tz)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
 def output(data: Any, as_json: bool, text: str) -> None:
     """JSON (ensure_ascii: every control character escaped) or text, made terminal-safe."""
     if as_json:

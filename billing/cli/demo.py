@@ -14,7 +14,7 @@ import httpx
 import typer
 from sqlmodel import col, func, select
 
-from billing.cli.common import print_json, progress, table
+from billing.cli.common import GLOBALS, print_json, progress, table
 from billing.cli.run import render_summary
 from billing.clock import TestClock
 from billing.daemon.service import Daemon
@@ -102,6 +102,7 @@ def run_demo(months: int = 4, as_json: bool = False) -> None:
             "BILLING_CONCURRENCY": "4",
         },
     )
+    GLOBALS.display_tz = cfg.tz  # the summaries show Montevideo time, like every command
     upgrade(database_url)
     simulator = PlexoSimulator(
         cfg.plexo_client_id, cfg.plexo_api_key.get_secret_value(), cfg.plexo_merchant_id

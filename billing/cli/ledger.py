@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from sqlalchemy import and_, func
 from sqlmodel import col, select
 
 from billing.cli.common import JsonOption, handle_errors, output, settings, table
@@ -13,14 +14,19 @@ from billing.domain.money import to_major
 from billing.engine.customers import get_customer
 from billing.errors import InvalidInput
 from billing.store.db import session
-from billing.store.models import BillingRun, Customer, Invoice
+from billing.store.models import BillingRun, ChargeAttempt, Customer, Invoice
 from billing.wiring import open_context
 
 invoices_app = typer.Typer(help="Invoices: one per billed period.", no_args_is_help=True)
 runs_app = typer.Typer(help="Billing runs: every pass that did work.", no_args_is_help=True)
 
 
-def invoice_view(invoice: Invoice, customer: str | None) -> dict[str, Any]:
+DEFAULT_INVOICE_LIMIT = 200
+
+
+def invoice_view(
+    invoice: Invoice, customer: str | None, attempt: ChargeAttempt | None = None
+) -> dict[str, Any]:
     return {
         "number": invoice.number,
         "customer": customer,
@@ -34,6 +40,10 @@ def invoice_view(invoice: Invoice, customer: str | None) -> dict[str, Any]:
         "last_decline_code": invoice.last_decline_code,
         "last_decline_class": invoice.last_decline_class,
         "paid_at": invoice.paid_at,
+        # The latest attempt: what to look up at Plexo (referenceId, payment id) and its state.
+        "attempt_state": attempt.state if attempt else None,
+        "reference_id": attempt.reference_id if attempt else None,
+        "plexo_payment_id": attempt.plexo_payment_id if attempt else None,
     }
 
 
@@ -42,29 +52,56 @@ def invoice_view(invoice: Invoice, customer: str | None) -> dict[str, Any]:
 def list_invoices(
     status: str | None = typer.Option(None, "--status", help="open, charging, paid, void"),
     customer: str | None = typer.Option(None, "--customer", help="Customer reference id."),
-    limit: int = typer.Option(200, "--limit", min=1, max=100_000),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, max=100_000, help=f"At most N (default {DEFAULT_INVOICE_LIMIT})."
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Show every matching invoice."),
     as_json: bool = JsonOption,
 ) -> None:
-    """List invoices, newest period first."""
+    """List invoices, newest period first, with their latest charge attempt."""
     if status is not None and status not in InvoiceStatus.__members__:
         raise InvalidInput(
             f"unknown status {status!r}; use one of " + ", ".join(InvoiceStatus.__members__)
         )
+    if show_all and limit is not None:
+        raise InvalidInput("give --limit N or --all, not both")
+    cap = None if show_all else limit or DEFAULT_INVOICE_LIMIT
     with open_context(settings()) as ctx, session(ctx.engine) as s:
-        query = select(Invoice, Customer.reference_id).join(
-            Customer, col(Customer.id) == col(Invoice.customer_id)
+        latest = (
+            select(func.max(ChargeAttempt.attempt_number))
+            .where(ChargeAttempt.invoice_id == Invoice.id)
+            .correlate(Invoice)
+            .scalar_subquery()
         )
+        query = (
+            select(Invoice, Customer.reference_id, ChargeAttempt)
+            .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+            .outerjoin(
+                ChargeAttempt,
+                and_(
+                    col(ChargeAttempt.invoice_id) == col(Invoice.id),
+                    col(ChargeAttempt.attempt_number) == latest,
+                ),
+            )
+        )
+        counted = select(func.count(col(Invoice.id)))
         if status is not None:
             query = query.where(Invoice.status == status)
+            counted = counted.where(Invoice.status == status)
         if customer is not None:
             found = get_customer(s, customer, include_deleted=True)
             query = query.where(Invoice.customer_id == found.id)
-        rows = s.exec(
-            query.order_by(col(Invoice.period_start).desc(), col(Invoice.id).desc()).limit(limit)
-        ).all()
-        views = [invoice_view(invoice, ref) for invoice, ref in rows]
-    columns = ["number", "customer", "period_start", "amount", "currency", "status"]
-    output(views, as_json, table(views, [*columns, "attempts", "last_decline_code"]))
+            counted = counted.where(Invoice.customer_id == found.id)
+        query = query.order_by(col(Invoice.period_start).desc(), col(Invoice.id).desc())
+        rows = s.exec(query if cap is None else query.limit(cap)).all()
+        total = len(rows) if cap is None or len(rows) < cap else s.exec(counted).one()
+        views = [invoice_view(invoice, ref, attempt) for invoice, ref, attempt in rows]
+    columns = ["number", "customer", "period_start", "amount", "currency", "status", "attempts"]
+    columns += ["attempt_state", "reference_id", "plexo_payment_id", "last_decline_code"]
+    output(views, as_json, table(views, columns))
+    if total > len(views):
+        # stderr, so that --json stays one parsable document
+        typer.echo(f"{len(views)} of {total} shown; use --limit N or --all", err=True)
 
 
 def run_view(run: BillingRun) -> dict[str, Any]:

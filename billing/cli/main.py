@@ -1,13 +1,84 @@
-"""The `billing` command: one sub-app per noun, all thin shells over billing.engine."""
+"""The `billing` command: one sub-app per noun, all thin shells over billing.engine.
+
+Sub-apps are imported only when their name is invoked (billing.cli.lazy): `billing --help`
+and the read-only commands must not pay for Alembic, the engine or the HTTP client.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
-from billing.cli import customers, imports, ledger, ops, run, subscriptions
-from billing.cli.common import GLOBALS
+from billing.cli.lazy import EAGER, Lazy, LazyGroup
+
+
+def _attr(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+def _with_import(module: str, name: str, importer: str) -> Callable[[], Any]:
+    """A noun's sub-app plus its `import FILE` command (billing.cli.imports)."""
+
+    def load() -> Any:
+        sub: typer.Typer = getattr(importlib.import_module(module), name)
+        if not any(c.name == "import" for c in sub.registered_commands):
+            sub.command("import")(getattr(importlib.import_module("billing.cli.imports"), importer))
+        return sub
+
+    return load
+
+
+class BillingGroup(LazyGroup):
+    lazy = {
+        "check": Lazy(
+            "Verify config, database, schema, gateway reachability and credentials.",
+            _attr("billing.cli.ops", "check"),
+        ),
+        "run": Lazy(
+            "Run one billing pass and a reconciler sweep, and print their summary.",
+            _attr("billing.cli.run", "run"),
+        ),
+        "sandbox": Lazy(
+            "Serve the Plexo simulator over HTTP; its state is in memory (test cards: README).",
+            _attr("billing.cli.ops", "sandbox"),
+        ),
+        "daemon": Lazy(
+            "Run the billing daemon until SIGTERM (systemd Type=notify aware).",
+            _attr("billing.cli.ops", "daemon"),
+        ),
+        "demo": EAGER,
+        "customers": Lazy(
+            "Customers, mirrored at Plexo.",
+            _with_import("billing.cli.customers", "app", "customers_import"),
+        ),
+        "instruments": Lazy(
+            "Saved cards (Plexo tokens) of a customer.",
+            _attr("billing.cli.customers", "instruments_app"),
+        ),
+        "plans": Lazy(
+            "Plans: price, currency and billing interval.",
+            _attr("billing.cli.subscriptions", "plans_app"),
+        ),
+        "subscriptions": Lazy(
+            "Subscriptions of customers to plans.",
+            _with_import("billing.cli.subscriptions", "app", "subscriptions_import"),
+        ),
+        "invoices": Lazy(
+            "Invoices: one per billed period.", _attr("billing.cli.ledger", "invoices_app")
+        ),
+        "runs": Lazy(
+            "Billing runs: every pass that did work.", _attr("billing.cli.ledger", "runs_app")
+        ),
+        "config": Lazy("Inspect settings.", _attr("billing.cli.ops", "config_app")),
+        "db": Lazy("Database schema.", _attr("billing.cli.ops", "db_app")),
+    }
+
 
 app = typer.Typer(
+    cls=BillingGroup,
     help="plexo-billing: recurring billing through Plexo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -21,23 +92,9 @@ def root(
         None, "--config", envvar="BILLING_CONFIG", help="TOML settings file."
     ),
 ) -> None:
+    from billing.cli.common import GLOBALS
+
     GLOBALS.config_path = config
-
-
-customers.app.command("import")(imports.customers_import)
-subscriptions.app.command("import")(imports.subscriptions_import)
-app.add_typer(customers.app, name="customers")
-app.add_typer(customers.instruments_app, name="instruments")
-app.add_typer(subscriptions.plans_app, name="plans")
-app.add_typer(subscriptions.app, name="subscriptions")
-app.add_typer(ledger.invoices_app, name="invoices")
-app.add_typer(ledger.runs_app, name="runs")
-app.add_typer(ops.config_app, name="config")
-app.add_typer(ops.db_app, name="db")
-app.command("check")(ops.check)
-app.command("run")(run.run)
-app.command("sandbox")(ops.sandbox)
-app.command("daemon")(ops.daemon)
 
 
 @app.command("demo")

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.cli.common import JsonOption, handle_errors, local_time, output, settings, table
 from billing.clock import Clock, TestClock
 from billing.daemon.service import Daemon
 from billing.domain.money import to_major
@@ -78,7 +78,7 @@ def render_summary(summary: RunSummary) -> str:
         else ""
     )
     head = (
-        f"{name} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "
+        f"{name} ({summary.kind}) as of {local_time(summary.as_of)}: "
         f"{_count(summary.invoices_created, 'invoice')} created, {held}"
         f"{_count(summary.attempts, work)}"
     )

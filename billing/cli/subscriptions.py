@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import typer
 from sqlmodel import select
 
-from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
+from billing.cli.common import JsonOption, cell, handle_errors, local_time, output, settings, table
 from billing.domain.cards import refuse_card_numbers
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
@@ -206,7 +206,7 @@ def cancel(
             ctx, subscription_id, at_period_end=at_period_end, reason=reason
         )
         view = _views(ctx.engine, [sub])[0]
-    when = "now" if sub.status == "canceled" else f"at period end ({sub.current_period_end})"
+    when = "now" if sub.status == "canceled" else f"at period end ({_when(sub.current_period_end)})"
     output(view, as_json, f"subscription {subscription_id} canceled {when}")
 
 
@@ -239,7 +239,9 @@ def resume(
         sub = svc.resume_subscription(ctx, subscription_id, reason)
         view = _views(ctx.engine, [sub])[0]
     output(
-        view, as_json, f"subscription {subscription_id} resumed; next bill {sub.next_billing_at}"
+        view,
+        as_json,
+        f"subscription {subscription_id} resumed; next bill {_when(sub.next_billing_at)}",
     )
 
 
@@ -284,3 +286,7 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (e.g. a DynamicUser without a name)
         return "unknown"
+
+
+def _when(value: datetime | None) -> str:
+    return local_time(value) if value is not None else "none scheduled"

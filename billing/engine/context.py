@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
 from billing.clock import Clock
-from billing.plexo.client import PlexoClient
+
+if TYPE_CHECKING:  # the client (httpx, TLS) is imported only by commands that call Plexo
+    from billing.plexo.client import PlexoClient
 
 
 @dataclass

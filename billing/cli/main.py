@@ -6,8 +6,11 @@ import typer
 
 from billing.cli import customers, imports, ledger, ops, run, subscriptions
 from billing.cli.common import GLOBALS
+from billing.cli.shell import OneLineGroup
 
 app = typer.Typer(
+    cls=OneLineGroup,  # usage errors and anything unexpected: one line on stderr
+    name="billing",  # the program name in messages, also under CliRunner
     help="plexo-billing: recurring billing through Plexo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

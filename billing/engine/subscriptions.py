@@ -18,7 +18,7 @@ from billing.engine.invoicing import void_open_invoices
 from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
-from billing.store.models import Plan, Subscription
+from billing.store.models import Plan, Subscription, is_row_id
 
 PLAN_CODE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -156,7 +156,7 @@ def create_subscription(
 
 
 def get_subscription(s: Session, subscription_id: int) -> Subscription:
-    sub = s.get(Subscription, subscription_id)
+    sub = s.get(Subscription, subscription_id) if is_row_id(subscription_id) else None
     if sub is None:
         raise NotFound(f"no subscription {subscription_id}")
     return sub

@@ -10,9 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlmodel import SQLModel
 
 import billing.store.models  # noqa: F401  (registers every table on SQLModel.metadata)
+from billing.errors import InvalidInput
 from billing.store.db import make_engine, normalize_url
 
 # The repository root (editable install): alembic.ini and migrations/ live there.
@@ -30,8 +32,15 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at `url` up to `revision`."""
-    command.upgrade(alembic_config(url), revision)
+    """Migrate the database at `url` up to `revision`; InvalidInput for a revision Alembic
+    cannot go to (unknown, or behind the database), before anything is changed."""
+    if revision.strip().lower() == "base":  # Alembic would forget the schema's revision
+        raise InvalidInput("cannot upgrade to revision 'base': it is the empty schema")
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise InvalidInput(f"cannot upgrade to revision {revision!r}: {reason}") from None
 
 
 def head_revision() -> str:

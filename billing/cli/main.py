@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from billing.cli import customers, imports, ledger, ops, run, subscriptions
-from billing.cli.common import GLOBALS
+from billing.cli.common import GLOBALS, handle_errors
 from billing.cli.shell import OneLineGroup
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.command("daemon")(ops.daemon)
 
 
 @app.command("demo")
+@handle_errors
 def demo(
     months: int = typer.Option(4, "--months", help="How many months to run on the test clock."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),

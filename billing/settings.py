@@ -89,7 +89,12 @@ def state_directory(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def default_database_url(environ: Mapping[str, str] | None = None) -> str:
-    """The SQLite file in the state directory, created here on first use (never at import)."""
+    """The SQLite file in the state directory (computed only: see ensure_state_directory)."""
+    return f"sqlite:///{state_directory(environ) / 'billing.sqlite3'}"
+
+
+def ensure_state_directory(environ: Mapping[str, str] | None = None) -> Path:
+    """Create the state directory (0700) once the settings that use it were accepted."""
     directory = state_directory(environ)
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -97,12 +102,18 @@ def default_database_url(environ: Mapping[str, str] | None = None) -> str:
         raise ConfigError(
             f"cannot create the state directory {directory}: {exc.strerror}"
         ) from None
-    return f"sqlite:///{directory / 'billing.sqlite3'}"
+    return directory
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A lease owner name: shown in tables and logs, compared in SQL; nothing else gets in."""
 
 
 def default_node_name() -> str:
     """Lease owner name: unique per process, readable in the invoice table."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip("-") or "node"
+    suffix = f"-{os.getpid()}"
+    return host[: 64 - len(suffix)] + suffix
 
 
 def read_credentials(environ: Mapping[str, str]) -> dict[str, str]:
@@ -134,6 +145,35 @@ def _is_production(info: ValidationInfo) -> bool:
     return info.data.get("plexo_environment") == "production"
 
 
+PLEXO_TESTING_HOST = "api.testing.plexo.com.uy"
+DATABASE_SCHEMES = frozenset(
+    {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
+)
+"""The backends and drivers this package ships with (psycopg 3; the stdlib's sqlite3)."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost names and loopback addresses (127/8, ::1, IPv4-mapped 127/8).
+
+    Decided from the text alone: no DNS lookup, so a name that merely resolves to loopback
+    is not caught here.
+    """
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def _is_plexo_testing_host(host: str) -> bool:
+    name = host.rstrip(".").lower()
+    return name == PLEXO_TESTING_HOST or name.endswith(".testing.plexo.com.uy")
+
+
 class Settings(BaseSettings):
     """Every knob of the daemon and the CLI; config/billing.example.toml explains each one.
 
@@ -152,6 +192,8 @@ class Settings(BaseSettings):
     # repr=False: a PostgreSQL URL may carry a password; describe() shows it masked.
     database_url: str = Field(default_factory=default_database_url, repr=False)
     plexo_environment: PlexoEnvironment = "sandbox"
+    plexo_base_url_allow_proxy: bool = False
+    """Production only: accept a loopback or Plexo-testing base URL (a proxy in front of Plexo)."""
     plexo_base_url: str | None = None
     """None means the built-in sandbox (in-process simulator), refused in production."""
     plexo_client_id: str = SANDBOX_CLIENT_ID
@@ -168,7 +210,7 @@ class Settings(BaseSettings):
     stop_budget_seconds: int = Field(default=30, gt=0)
     catchup_max_periods: int = Field(default=12, ge=1, le=10000)
     """A subscription with more due, uninvoiced periods than this in one pass is held."""
-    node_name: str = Field(default_factory=default_node_name, max_length=128)  # lease_owner column
+    node_name: str = Field(default_factory=default_node_name)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     log_format: LogFormat = "json"
@@ -189,17 +231,44 @@ class Settings(BaseSettings):
             return (init_settings,)
         return (init_settings, env_settings, _CredentialSource(settings_cls))
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic reads True as 1 (and 1 as True); in a config file that is always a slip.
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation in (int, float) and isinstance(value, bool):
+            raise _invalid("must be a number, not true/false")
+        if annotation is bool and isinstance(value, int | float) and not isinstance(value, bool):
+            raise _invalid("must be true or false, not a number")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        if not urlsplit(value).scheme or "://" not in value:
-            raise _invalid(
-                "must be a database URL such as sqlite:////var/lib/billing/billing.sqlite3 "
-                "or postgresql+psycopg://user@host/billing"
-            )
-        backend = urlsplit(value).scheme.split("+", 1)[0]
+        example = (
+            "must be a database URL such as sqlite:////var/lib/billing/billing.sqlite3 "
+            "or postgresql://user@host/billing"
+        )
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise _invalid(example) from None
+        if not parts.scheme or "://" not in value:
+            raise _invalid(example)
+        scheme = parts.scheme.lower()
+        backend, _, driver = scheme.partition("+")
         if backend not in ("sqlite", "postgresql", "postgres"):
             raise _invalid(f"unsupported database {backend!r}: use sqlite or postgresql")
+        if scheme not in DATABASE_SCHEMES:
+            raise _invalid(
+                f"unsupported driver {driver!r} for {backend}: leave it out "
+                f"({backend}://...) to use the one this package ships with"
+            )
+        if backend == "sqlite" and parts.path in ("", "/"):
+            raise _invalid("sqlite needs a file, e.g. sqlite:////var/lib/billing/billing.sqlite3")
         return value
 
     @field_validator("plexo_base_url", mode="before")
@@ -226,8 +295,25 @@ class Settings(BaseSettings):
             raise _invalid("must be an http:// or https:// URL")
         if parts.query or parts.fragment:
             raise _invalid("must not carry a query or a fragment")
-        if _is_production(info) and parts.scheme != "https":
-            raise _invalid("production requires https")
+        if "@" in parts.netloc:
+            raise _invalid(
+                "must not carry user:password@ (the credentials are BILLING_PLEXO_CLIENT_ID "
+                "and BILLING_PLEXO_API_KEY)"
+            )
+        if _is_production(info):
+            if parts.scheme != "https":
+                raise _invalid("production requires https")
+            proxy_ok = info.data.get("plexo_base_url_allow_proxy") is True
+            if not proxy_ok and is_loopback_host(parts.hostname):
+                raise _invalid(
+                    "is a loopback address, refused in production; set "
+                    "BILLING_PLEXO_BASE_URL_ALLOW_PROXY=true if it is your proxy to Plexo"
+                )
+            if not proxy_ok and _is_plexo_testing_host(parts.hostname):
+                raise _invalid(
+                    f"is Plexo's testing host ({PLEXO_TESTING_HOST}), refused in production; "
+                    "use https://api.plexo.com.uy"
+                )
         return value.rstrip("/")  # the client appends /v1/...
 
     @field_validator("plexo_client_id")
@@ -283,8 +369,8 @@ class Settings(BaseSettings):
     @field_validator("node_name")
     @classmethod
     def _check_node_name(cls, value: str) -> str:
-        if not value.strip():
-            raise _invalid("must not be empty")
+        if not NODE_NAME.fullmatch(value):
+            raise _invalid("must be 1 to 64 of the characters A-Z a-z 0-9 . _ -")
         return value
 
     @field_validator("metrics_address")
@@ -377,6 +463,8 @@ def load_settings(
         raise ConfigError(_explain(exc, origins, path, env)) from None
     finally:
         _LAYERED.reset(token)
+    if origins["database_url"] == "default":  # only now: a refused config creates nothing
+        ensure_state_directory(env)
     settings._origins = origins
     return settings
 
@@ -412,6 +500,10 @@ def _file_values(path: Path) -> dict[str, object]:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     problems: list[str] = []
     for key, value in data.items():
         if key in Settings.model_fields:
@@ -484,23 +576,34 @@ def _bounds(info: FieldInfo) -> tuple[object | None, object | None]:
 
 
 def _shown(field: str, value: object) -> str:
-    if field == "database_url" and isinstance(value, str):
-        value = mask_url_password(value)
+    if field in URL_FIELDS and isinstance(value, str):
+        value = redact_url(value)
     text = value if isinstance(value, str) and value and value == value.strip() else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def mask_url_password(url: str) -> str:
-    """The URL with its password (if any) replaced by the mask, for display and messages."""
+URL_FIELDS = frozenset({"database_url", "plexo_base_url"})
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:/@]*(?::.*)?@")
+"""``user[:password]@`` as SQLAlchemy reads it: the password may hold ``/`` (urlsplit would
+then see no userinfo at all), so everything up to the last ``@`` counts as userinfo."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its whole userinfo (user and password) replaced by the mask, for display
+    and messages: a user name is half a credential, and some put a token there."""
+    match = _USERINFO.match(url)
+    if match:
+        return f"{match['scheme']}{MASK}@{url[match.end() :]}"
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
     except ValueError:
         return "(unparsable URL hidden)"
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
 
 
 class SettingView(TypedDict):
@@ -545,13 +648,15 @@ def _display(settings: Settings, field: str) -> str | int | float | None:
     value = getattr(settings, field)
     if isinstance(value, SecretStr):
         return MASK if value.get_secret_value() else "(unset)"
-    if field == "database_url":
-        return mask_url_password(value)
+    if field in URL_FIELDS and isinstance(value, str):
+        return redact_url(value)
     plain: str | int | float | None = value  # every other setting is one of these
     return plain
 
 
 def _text(field: str, value: str | int | float | None) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the file and the environment spell it
     if value is None:
         return "(built-in sandbox)" if field == "plexo_base_url" else "(none)"
     return str(value)

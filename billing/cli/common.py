@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from sqlalchemy.exc import DBAPIError
@@ -46,6 +46,26 @@ def settings() -> Settings:
     return cfg
 
 
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+"""Timestamps given on the command line must fall in [EARLIEST, LATEST): far from the ends of
+``datetime`` (year 1 or 9999 with an offset overflows in UTC) and from any real billing date."""
+
+
+def bounded_instant(value: datetime, label: str) -> datetime:
+    """An aware datetime checked to lie within the supported range; InvalidInput otherwise."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise InvalidInput(
+            f"{label} {value.isoformat()} is out of range: give a time between "
+            f"{EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} UTC"
+        )
+    return value
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a BillingError into one line on stderr and exit 2 (bad input) or 1 (failure)."""
 
@@ -54,20 +74,24 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except (InvalidInput, NotFound, Conflict, ConfigError) as exc:
-            typer.echo(f"error: {escape(str(exc))}", err=True)
-            raise typer.Exit(EXIT_INPUT) from None
+            fail(str(exc), EXIT_INPUT)
         except BillingError as exc:  # the gateway or another dependency failed
-            typer.echo(f"error: {escape(str(exc))}{_hint(exc)}", err=True)
-            raise typer.Exit(EXIT_FAILED) from None
+            fail(f"{exc}{_hint(exc)}", EXIT_FAILED)
         except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
-            typer.echo(f"error: {escape(str(exc))}", err=True)
-            raise typer.Exit(EXIT_INPUT) from None
+            fail(str(exc), EXIT_INPUT)
         except DBAPIError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            typer.echo(f"error: the database failed: {escape(reason[:300])}", err=True)
-            raise typer.Exit(EXIT_FAILED) from None
+            fail(f"the database failed: {reason[:300]}", EXIT_FAILED)
 
     return wrapper
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` as one line on stderr (several problems joined by "; ") and
+    exit with ``code``."""
+    lines = [escape(" ".join(line.split())) for line in message.splitlines()]
+    typer.echo(f"error: {'; '.join(line for line in lines if line)}", err=True)
+    raise typer.Exit(code)
 
 
 def _hint(exc: BillingError) -> str:

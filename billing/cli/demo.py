@@ -21,6 +21,7 @@ from billing.daemon.service import Daemon
 from billing.domain.money import to_major
 from billing.engine import customers, subscriptions
 from billing.engine.context import BillingContext
+from billing.errors import ConfigError, InvalidInput
 from billing.sandbox.server import SandboxServer
 from billing.sandbox.simulator import PlexoSimulator
 from billing.settings import load_settings
@@ -86,12 +87,49 @@ def _say(message: str) -> None:
     typer.echo(message, err=_QUIET_STDOUT["on"])
 
 
+MARKER = ".billing-demo"
+"""Written into the directory the demo works in: only a directory holding it is ever emptied."""
+
+
+def prepare_directory(state_dir: Path) -> None:
+    """Make ``state_dir`` an empty demo directory, deleting only what an earlier demo left.
+
+    A directory that does not exist is created; an empty one is adopted; one that holds the
+    marker is emptied; anything else (a file, or a directory with other contents) is refused,
+    so that ``BILLING_DEMO_DIR=$HOME`` can never delete a home directory.
+    """
+    if state_dir.is_dir() and not state_dir.is_symlink():
+        if (state_dir / MARKER).is_file():
+            for child in state_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        elif any(state_dir.iterdir()):
+            raise InvalidInput(
+                f"{state_dir} is not empty and was not made by `billing demo` (no {MARKER} "
+                "file in it): set BILLING_DEMO_DIR to a new or empty directory"
+            )
+    elif state_dir.exists() or state_dir.is_symlink():
+        raise InvalidInput(
+            f"{state_dir} is a symbolic link or not a directory: point BILLING_DEMO_DIR elsewhere"
+        )
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / MARKER).write_text(
+            "Made by `billing demo`, which empties this directory on every run.\n",
+            encoding="utf-8",
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot prepare the demo directory {state_dir}: {exc.strerror}"
+        ) from None
+
+
 def run_demo(months: int = 4, as_json: bool = False) -> None:
     _QUIET_STDOUT["on"] = as_json
-    state_dir = Path(os.environ.get("BILLING_DEMO_DIR", ".state/demo")).resolve()
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True)
+    state_dir = Path(os.environ.get("BILLING_DEMO_DIR", ".state/demo")).absolute()
+    prepare_directory(state_dir)
     database_url = f"sqlite:///{state_dir / 'billing.sqlite3'}"
     cfg = load_settings(
         None,

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from billing.cli.lazy import EAGER, Lazy, LazyGroup
+from billing.cli.shell import OneLineGroup, quiet_help_types
 
 
 def _attr(module: str, name: str) -> Callable[[], Any]:
@@ -31,7 +32,15 @@ def _with_import(module: str, name: str, importer: str) -> Callable[[], Any]:
     return load
 
 
-class BillingGroup(LazyGroup):
+class BillingGroup(LazyGroup, OneLineGroup):
+    """Lazy sub-commands (start-up time) whose failures are one line (OneLineGroup)."""
+
+    def load(self, name: str) -> Any:
+        command = super().load(name)
+        if command is not None:
+            quiet_help_types(command)  # loaded after main() relabelled the eager ones
+        return command
+
     lazy = {
         "check": Lazy(
             "Verify config, database, schema, gateway reachability and credentials.",
@@ -78,7 +87,8 @@ class BillingGroup(LazyGroup):
 
 
 app = typer.Typer(
-    cls=BillingGroup,
+    cls=BillingGroup,  # usage errors and anything unexpected: one line on stderr
+    name="billing",  # the program name in messages, also under CliRunner
     help="plexo-billing: recurring billing through Plexo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -103,12 +113,13 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
 ) -> None:
     """Seed a sandbox and a SQLite store, then bill a few months on the test clock."""
+    from billing.cli.common import handle_errors
     from billing.cli.demo import run_demo
 
     if not 1 <= months <= 36:
         typer.echo(f"error: --months must be between 1 and 36 (got {months})", err=True)
         raise typer.Exit(2)
-    run_demo(months=months, as_json=as_json)
+    handle_errors(run_demo)(months=months, as_json=as_json)
 
 
 def main() -> None:

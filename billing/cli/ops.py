@@ -7,8 +7,8 @@ from typing import Any
 import typer
 
 from billing.cli.common import EXIT_FAILED, JsonOption, cell, handle_errors, output, settings
-from billing.errors import BillingError
-from billing.settings import describe, describe_text
+from billing.errors import BillingError, ConfigError, InvalidInput
+from billing.settings import describe, describe_text, is_loopback_host, redact_url
 
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -75,7 +75,7 @@ def check(as_json: bool = JsonOption) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         engine.dispose()
-        db_ok = record("database", True, engine.url.render_as_string(hide_password=True))
+        db_ok = record("database", True, redact_url(cfg.database_url))
     except Exception as exc:
         record("database", False, f"unreachable: {type(exc).__name__}: {_short(exc)}")
     if db_ok:
@@ -122,15 +122,31 @@ def _report(checks: list[dict[str, Any]], as_json: bool) -> None:
 @handle_errors
 def sandbox(
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8765, "--port"),
+    port: int = typer.Option(8765, "--port", min=0, max=65535),
     duplicate_mode: str = typer.Option("reject", "--duplicate-mode", help="reject (409) or replay"),
     decline_style: str = typer.Option("body", "--decline-style", help="body (200) or error (402)"),
+    allow_unauthenticated_control: bool = typer.Option(
+        False,
+        "--allow-unauthenticated-control",
+        help="Listen off loopback although /sandbox/* (faults, payments) has no authentication.",
+    ),
 ) -> None:
     """Serve the Plexo simulator over HTTP; its state is in memory (test cards: README)."""
     from billing.sandbox.server import serve
     from billing.sandbox.simulator import PlexoSimulator
 
     cfg = settings()
+    if cfg.is_production:
+        raise ConfigError(
+            "BILLING_PLEXO_ENVIRONMENT is production: the sandbox would take the real "
+            "credentials and fake payments; run it with a sandbox or testing configuration"
+        )
+    if not is_loopback_host(host) and not allow_unauthenticated_control:
+        raise InvalidInput(
+            f"--host {host} is not a loopback address, and anyone who reaches it can set "
+            "faults and read payments (/sandbox/* has no authentication): add "
+            "--allow-unauthenticated-control to do it anyway"
+        )
     simulator = PlexoSimulator(
         cfg.plexo_client_id,
         cfg.plexo_api_key.get_secret_value(),

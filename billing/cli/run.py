@@ -7,7 +7,15 @@ from typing import Any
 
 import typer
 
-from billing.cli.common import JsonOption, handle_errors, local_time, output, settings, table
+from billing.cli.common import (
+    JsonOption,
+    bounded_instant,
+    handle_errors,
+    local_time,
+    output,
+    settings,
+    table,
+)
 from billing.clock import Clock, TestClock
 from billing.daemon.service import Daemon
 from billing.domain.money import to_major
@@ -27,7 +35,7 @@ def parse_as_of(text: str) -> datetime:
             f"--as-of {text!r} has no timezone; give an offset, e.g. {example}+00:00 or "
             f"{example}-03:00"
         )
-    return value
+    return bounded_instant(value, "--as-of")
 
 
 def summary_view(summary: RunSummary) -> dict[str, Any]:

@@ -10,7 +10,16 @@ from zoneinfo import ZoneInfo
 import typer
 from sqlmodel import select
 
-from billing.cli.common import JsonOption, cell, handle_errors, local_time, output, settings, table
+from billing.cli.common import (
+    JsonOption,
+    bounded_instant,
+    cell,
+    handle_errors,
+    local_time,
+    output,
+    settings,
+    table,
+)
 from billing.domain.cards import refuse_card_numbers
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
@@ -68,15 +77,16 @@ def parse_start(text: str, tz: ZoneInfo) -> datetime:
     """A date means local midnight in the merchant zone; a datetime must carry its offset."""
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz)
-        value = datetime.fromisoformat(text)
+            value = datetime.combine(date.fromisoformat(text), time(0), tzinfo=tz)
+        else:
+            value = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(f"start {text!r} is not an ISO date or datetime") from None
     if value.tzinfo is None:
         raise InvalidInput(
             f"start {text!r} has no timezone offset; add one (e.g. {text}-03:00) or give a date"
         )
-    return value
+    return bounded_instant(value, "start")
 
 
 @plans_app.command("create")

@@ -13,6 +13,7 @@ from billing import metrics
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
+from billing.errors import ListenFailed
 from billing.logs import configure_logging, log_event
 from billing.settings import Settings
 from billing.wiring import node_name, open_context
@@ -48,7 +49,16 @@ def run_daemon(cfg: Settings) -> int:
 def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
     """Run the jobs until asked to stop; True when in-flight work finished within budget."""
     if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
+        try:
+            start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
+        except OSError as exc:  # a second daemon on this host, or an address not ours
+            raise ListenFailed(
+                "the metrics endpoint",
+                cfg.metrics_address,
+                cfg.metrics_port,
+                exc,
+                "BILLING_METRICS_PORT (0 turns it off)",
+            ) from None
     scheduler = build_scheduler(
         daemon,
         tick_seconds=cfg.tick_seconds,

@@ -41,7 +41,7 @@ from billing.plexo.models import (
     PlexoInstrument,
 )
 from billing.store.db import session
-from billing.store.models import Customer, PaymentInstrument, Subscription
+from billing.store.models import Customer, PaymentInstrument, Subscription, is_row_id
 
 log = logging.getLogger(__name__)
 
@@ -469,7 +469,9 @@ def _find_instrument(s: Session, customer: Customer, which: str) -> PaymentInstr
     refuse_unsafe(which, "instrument")
     refuse_card_number_as_token(which, "instrument")
     query = select(PaymentInstrument).where(PaymentInstrument.customer_id == customer.id)
-    if which.isdigit() and len(which) < 12:
+    if which.isascii() and which.isdigit() and len(which) < 12:
+        if not is_row_id(int(which)):
+            raise NotFound(f"customer {customer.reference_id!r} has no active instrument {which!r}")
         query = query.where(PaymentInstrument.id == int(which))
     else:
         query = query.where(PaymentInstrument.token == which)

@@ -25,7 +25,7 @@ from billing.engine.invoicing import (
 from billing.engine.status import set_status
 from billing.errors import Conflict, InvalidInput, NotFound
 from billing.store.db import session
-from billing.store.models import Plan, Subscription
+from billing.store.models import Plan, Subscription, is_row_id
 
 PLAN_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
@@ -208,7 +208,7 @@ def backdated_periods(ctx: BillingContext, *, plan_code: str, start: datetime | 
 
 
 def get_subscription(s: Session, subscription_id: int) -> Subscription:
-    sub = s.get(Subscription, subscription_id)
+    sub = s.get(Subscription, subscription_id) if is_row_id(subscription_id) else None
     if sub is None:
         raise NotFound(f"no subscription {subscription_id}")
     return sub
@@ -291,7 +291,11 @@ def pause_subscription(
     with session(ctx.engine) as s:
         # Locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises): no pass invoices
         # this subscription between our read and our write.
-        sub = s.get(Subscription, subscription_id, with_for_update=True)
+        sub = (
+            s.get(Subscription, subscription_id, with_for_update=True)
+            if is_row_id(subscription_id)
+            else None
+        )
         if sub is None:
             raise NotFound(f"no subscription {subscription_id}")
         check_transition("subscription", SubscriptionStatus(sub.status), SubscriptionStatus.paused)
@@ -361,7 +365,11 @@ def release_subscription(
         raise InvalidInput("--reason is required: say why the held periods are billed or skipped")
     now = ctx.clock.now()
     with session(ctx.engine) as s:
-        sub = s.get(Subscription, subscription_id, with_for_update=True)
+        sub = (
+            s.get(Subscription, subscription_id, with_for_update=True)
+            if is_row_id(subscription_id)
+            else None
+        )
         if sub is None:
             raise NotFound(f"no subscription {subscription_id}")
         if sub.held_at is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from billing.errors import ListenFailed
 from billing.sandbox.server import serve
 from billing.sandbox.simulator import PlexoSimulator
+from billing.settings import is_loopback_host
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +29,18 @@ def main(argv: list[str] | None = None) -> None:
         "--decline-style", choices=["body", "error"], default=env("SANDBOX_DECLINE_STYLE", "body")
     )
     parser.add_argument("--pending-polls", type=int, default=int(env("SANDBOX_PENDING_POLLS", "1")))
+    parser.add_argument(
+        "--allow-unauthenticated-control",
+        action="store_true",
+        help="listen off loopback although /sandbox/* has no authentication",
+    )
     args = parser.parse_args(argv)
+    if not is_loopback_host(args.host) and not args.allow_unauthenticated_control:
+        parser.exit(
+            2,
+            f"error: --host {args.host} is not a loopback address and /sandbox/* has no "
+            "authentication: add --allow-unauthenticated-control to do it anyway\n",
+        )
     simulator = PlexoSimulator(
         args.client_id,
         args.api_key,
@@ -37,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         decline_style=args.decline_style,
         pending_polls=args.pending_polls,
     )
-    serve(args.host, args.port, simulator)
+    try:
+        serve(args.host, args.port, simulator)
+    except ListenFailed as exc:
+        parser.exit(1, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from billing.errors import ListenFailed
 from billing.sandbox.simulator import PlexoSimulator, SimRequest, SimResponse
 
 _log_lock = threading.Lock()
@@ -182,8 +183,12 @@ def serve(host: str, port: int, simulator: PlexoSimulator) -> None:
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    try:
+        server = SandboxServer(simulator, host, port, log_requests=True)
+    except (OSError, OverflowError) as exc:  # in use, not an address of ours, out of range
+        error = exc if isinstance(exc, OSError) else OSError(None, "port out of range")
+        raise ListenFailed("the sandbox", host, port, error, "--host/--port") from None
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = SandboxServer(simulator, host, port, log_requests=True)
     try:
         server.start()
         _log({"event": "sandbox.started", "url": server.url})

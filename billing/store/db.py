@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlmodel import Session
 
+from billing.errors import ConfigError
+
 _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=30000",  # wait for the write lock instead of failing at once
     "PRAGMA journal_mode=WAL",  # readers do not block the writer
@@ -38,7 +40,14 @@ def make_engine(url: str) -> Engine:
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"BILLING_DATABASE_URL: cannot create {directory} for the SQLite file "
+                f"({exc.strerror or type(exc).__name__})"
+            ) from None
     engine = create_engine(url)
 
     @event.listens_for(engine, "connect")

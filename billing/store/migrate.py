@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, text
 
+from billing.errors import InvalidInput
 from billing.store.db import make_engine, normalize_url
 
 if TYPE_CHECKING:
@@ -34,10 +35,18 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at `url` up to `revision`."""
+    """Migrate the database at `url` up to `revision`; InvalidInput for a revision Alembic
+    cannot go to (unknown, or behind the database), before anything is changed."""
     from alembic import command
+    from alembic.util.exc import CommandError
 
-    command.upgrade(alembic_config(url), revision)
+    if revision.strip().lower() == "base":  # Alembic would forget the schema's revision
+        raise InvalidInput("cannot upgrade to revision 'base': it is the empty schema")
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise InvalidInput(f"cannot upgrade to revision {revision!r}: {reason}") from None
 
 
 def head_revision() -> str:

@@ -24,6 +24,16 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+MAX_ROW_ID = 2**31 - 1
+"""Row ids are INTEGER: 32 bits on PostgreSQL. A larger id names no row on either backend (and
+would make the query itself fail), so lookups answer "not found" for it before asking."""
+
+
+def is_row_id(value: int) -> bool:
+    """True when ``value`` can be the id of a row."""
+    return 1 <= value <= MAX_ROW_ID
+
+
 def _utc(nullable: bool = False, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 

@@ -315,11 +315,16 @@ def test_a_start_centuries_ago_is_one_line_naming_backdate_and_writes_nothing(cl
     seed(cli)
     args = ["subscriptions", "create", "--customer", "cus-1", "--plan", "basic"]
     before = cli.snapshot()
+    # 1026 is outside what a command line accepts at all (1900-3000); 1926 is the same typo
+    # inside it, refused by the backdate rule with the count.
     result = cli(*args, "--start", "1026-12-01")
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    result = cli(*args, "--start", "1926-12-01")
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert "--backdate" in result.stderr
-    assert f"bill {periods_since('1026-12-01'):,} periods at once" in result.stderr
+    assert f"bill {periods_since('1926-12-01'):,} periods at once" in result.stderr
     assert cli.snapshot() == before
 
 

@@ -313,7 +313,7 @@ def test_subscriptions_import_applies_the_backdate_rule_of_subscriptions_create(
         cli.ok("customers", "create", "--reference-id", ref, "--email", f"{ref}@example.com")
     basic_plan(cli)
     text = (
-        '{"customer": "s-1", "plan": "basic", "start": "1026-12-01"}\n'
+        '{"customer": "s-1", "plan": "basic", "start": "1926-12-01"}\n'
         '{"customer": "s-2", "plan": "basic", "start": "2020-01-01", "backdate": true}\n'
         '{"customer": "s-3", "plan": "basic", "start": "2020-01-01", "backdate": "maybe"}\n'
         '{"customer": "s-4", "plan": "basic", "start": "2020-01-01", "backdate": false}\n'

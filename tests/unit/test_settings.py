@@ -356,10 +356,11 @@ def test_database_password_is_masked_in_errors_and_description() -> None:
     settings = load_settings(environ={"BILLING_DATABASE_URL": url})
     assert settings.database_url == url
     assert "hunter2" not in describe_text(settings)
+    assert "billing:" not in describe_text(settings)  # the user name is hidden too
     assert "hunter2" not in repr(settings)
     assert describe(settings)["database_url"] == {
         "env": "BILLING_DATABASE_URL",
-        "value": f"postgresql+psycopg://billing:{MASK}@db/billing",
+        "value": f"postgresql+psycopg://{MASK}@db/billing",
         "source": "env",
     }
 

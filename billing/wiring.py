@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from billing.clock import Clock, SystemClock
 from billing.engine.context import BillingContext
+from billing.engine.store_rules import check_clock, check_timezone
 from billing.errors import ConfigError
 from billing.metrics import gateway_observer
 from billing.plexo.client import PlexoClient
@@ -51,10 +52,19 @@ def open_context(
     clock: Clock | None = None,
     plexo: PlexoClient | None = None,
     require_schema: bool = True,
+    billing_work: bool = False,
 ) -> Iterator[BillingContext]:
-    """Engine + gateway client + clock for one command or daemon; closes what it opened."""
+    """Engine + gateway client + clock for one command or daemon; closes what it opened.
+
+    The store's rules are checked here, so every command and the daemon obey them: the
+    merchant zone recorded at first use (all commands: they compute or show periods; the
+    zone is recorded before billing work starts, or after any other command succeeded), and
+    the clock that only moves forward (a test clock always; the real clock for
+    `billing_work`: the daemon and `run --once`). See engine/store_rules.py.
+    """
     if clock is not None and not isinstance(clock, SystemClock) and cfg.is_production:
         raise ConfigError("a test clock is refused when BILLING_PLEXO_ENVIRONMENT is production")
+    clock = clock or SystemClock()
     engine = make_engine(cfg.database_url)
     client = plexo or make_plexo_client(cfg, clock=clock)
     try:
@@ -62,10 +72,13 @@ def open_context(
             raise ConfigError(
                 "the database schema is not at the latest revision; run `billing db upgrade`"
             )
+        if require_schema:
+            check_timezone(engine, cfg.timezone, clock, record=billing_work)
+            check_clock(engine, clock, billing_work=billing_work)
         yield BillingContext(
             engine=engine,
             plexo=client,
-            clock=clock or SystemClock(),
+            clock=clock,
             tz=cfg.tz,
             node=node_name(cfg),
             actor=actor,
@@ -73,6 +86,10 @@ def open_context(
             lease_seconds=cfg.lease_seconds,
             resend_grace=timedelta(seconds=cfg.resend_grace_seconds),
         )
+        if require_schema and not billing_work:
+            # First use is the first command that succeeded (a refused one changes nothing);
+            # billing work records it before it starts.
+            check_timezone(engine, cfg.timezone, clock, record=True)
     finally:
         if plexo is None:
             client.close()

@@ -34,6 +34,7 @@ def summary_view(summary: RunSummary) -> dict[str, Any]:
     return {
         "run_id": summary.run_id,
         "kind": summary.kind,
+        "state": summary.state if summary.run_id else None,
         "as_of": summary.as_of,
         "invoices_created": summary.invoices_created,
         "attempts": summary.attempts,
@@ -99,7 +100,7 @@ def run(
                 "--as-of (a test clock) is refused when the environment is production"
             )
         clock = TestClock(moment)
-    with open_context(cfg, actor="cli:run", clock=clock) as ctx:
+    with open_context(cfg, actor="cli:run", clock=clock, billing_work=True) as ctx:
         daemon = Daemon(ctx)
         billing = daemon.billing_pass()
         reconciled = daemon.reconcile()

@@ -70,6 +70,8 @@ def render_summary(summary: RunSummary) -> str:
         for outcome, entry in view["outcomes"].items()
     ]
     name = f"run {summary.run_id}" if summary.run_id else "nothing to record"
+    if summary.run_id and summary.state != "completed":
+        name += f" [{summary.state}]"
     work = "resolved outcome" if summary.kind == "reconcile" else "charge attempt"
     head = (
         f"{name} ({summary.kind}) as of {summary.as_of:%Y-%m-%d %H:%M} UTC: "

@@ -94,10 +94,11 @@ def reconcile(
     limit: int = 500,
     *,
     run: RunTracker | None = None,
-    on_result: Callable[[AttemptResult], None] = lambda _: None,
+    on_step: Callable[[list[AttemptResult]], None] = lambda _: None,
 ) -> ReconcileSummary:
     """One sweep over unresolved attempts; with `run`, its row is opened once there is
-    something to examine, and `on_result` sees each recorded outcome as it happens."""
+    something to examine. `on_step` is called after each attempt with the outcomes it
+    recorded (often none: still waiting, gateway unavailable)."""
     summary = ReconcileSummary()
     now = ctx.clock.now()
     refs = unresolved_attempts(ctx, now, limit)
@@ -111,29 +112,29 @@ def reconcile(
             log_event(log, "reconcile.failed", logging.ERROR, error=type(exc).__name__)
             outcome = "error"
         summary.outcomes[outcome] += 1
-        for result in summary.results[recorded:]:
-            on_result(result)
+        on_step(summary.results[recorded:])
     return summary
 
 
 def run_reconcile(ctx: BillingContext) -> tuple[RunSummary, ReconcileSummary]:
     """One reconciler sweep recorded as a billing run of kind `reconcile` (kept when it
-    recorded an outcome); counts are written as it goes, at most once a second."""
+    recorded an outcome); counts and heartbeat are written as it goes, at most once a second."""
     started = ctx.clock.now()
     started_wall = last_flush = time.monotonic()
     run = RunTracker(ctx, "reconcile", started)
     summary = RunSummary(kind="reconcile", as_of=started)
 
-    def on_result(result: AttemptResult) -> None:
+    def on_step(results: list[AttemptResult]) -> None:
         nonlocal last_flush
-        summary.add(result)
-        observe(result)
+        for result in results:
+            summary.add(result)
+            observe(result)
         if time.monotonic() - last_flush >= 1.0:
             run.flush(summary)
             last_flush = time.monotonic()
 
     try:
-        swept = reconcile(ctx, run=run, on_result=on_result)
+        swept = reconcile(ctx, run=run, on_step=on_step)
     except BaseException:
         run.close_after_error(summary)
         raise

@@ -3,6 +3,7 @@ tests in test_store_rules.py and test_runs.py cover PostgreSQL too)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -86,3 +87,14 @@ def test_runs_list_shows_the_state_and_both_kinds(cli: Cli) -> None:
     text = cli("runs", "list")
     assert text.exit_code == 0 and "STATE" in text.stdout and "completed" in text.stdout
     refused(cli, ["runs", "list", "--kind", "sweep"], "unknown run kind 'sweep'")
+
+
+def test_check_reports_a_zone_that_differs_from_the_store(cli: Cli) -> None:
+    first = cli("check", "--json")
+    assert first.exit_code == 0, first.output
+    cli.ok("customers", "list")
+    bad = cli("check", "--json", extra_env={"BILLING_TIMEZONE": "UTC"})
+    assert bad.exit_code == 1
+    checks = {c["check"]: c for c in json.loads(bad.stdout)["checks"]}
+    assert checks["timezone"]["ok"] is False
+    assert "America/Montevideo" in checks["timezone"]["detail"]

@@ -21,6 +21,8 @@ from sqlmodel import col, select
 from billing.clock import SystemClock
 from billing.domain.lifecycle import AttemptState
 from billing.engine.context import BillingContext
+from billing.engine.store_rules import clock_refusal
+from billing.errors import ConfigError
 from billing.logs import log_event
 from billing.store.db import session
 from billing.store.meta import advance_clock
@@ -56,10 +58,18 @@ class RunTracker:
         self.run_id: int | None = None
 
     def open(self) -> int:
-        """Insert the `running` row and move the store's clock forward, in one transaction."""
+        """Insert the `running` row and move the store's clock forward, in one transaction.
+
+        Refused (ConfigError, nothing written) when the clock is behind the store's (see
+        engine/store_rules.py): a daemon already running when a test clock drove the store
+        ahead stops working rather than strand what was scheduled there."""
         now = self.ctx.clock.now()
+        source = clock_source(self.ctx)
         with session(self.ctx.engine) as s:
-            advance_clock(s, self.as_of, clock_source(self.ctx))
+            reading = advance_clock(s, self.as_of, source)
+            refusal = clock_refusal(reading, self.as_of, test_clock=source == "test")
+            if refusal is not None:
+                raise ConfigError(refusal)
             run = BillingRun(
                 kind=self.kind,
                 node=self.ctx.node,

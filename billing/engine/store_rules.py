@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Engine
 
 from billing.clock import Clock, SystemClock
 from billing.errors import ConfigError
-from billing.store.meta import TIMEZONE, get_meta, latest_clock, record_first
+from billing.store.meta import TIMEZONE, ClockReading, get_meta, latest_clock, record_first
 
 
 def check_timezone(engine: Engine, setting: str, clock: Clock, *, record: bool) -> None:
@@ -37,19 +39,27 @@ def check_clock(engine: Engine, clock: Clock, *, billing_work: bool) -> None:
     reading = latest_clock(engine)
     if reading is None:
         return
-    now = clock.now()
+    refusal = clock_refusal(reading, clock.now(), test_clock=not isinstance(clock, SystemClock))
+    if refusal is not None and (billing_work or not isinstance(clock, SystemClock)):
+        raise ConfigError(refusal)
+
+
+def clock_refusal(reading: ClockReading, now: datetime, *, test_clock: bool) -> str | None:
+    """Why billing work at `now` is refused on a store whose latest reading is `reading`."""
     latest = reading.at.isoformat()
-    if not isinstance(clock, SystemClock):
-        if now < reading.at:
-            raise ConfigError(
-                f"the test clock (--as-of) at {now.isoformat()} is earlier than this store's "
-                f"latest clock reading, {latest} ({reading.source} clock): a test clock only "
-                f"moves forward; use {latest} or later"
-            )
-    elif billing_work and reading.source == "test" and now < reading.at:
-        raise ConfigError(
+    if now >= reading.at:
+        return None
+    if test_clock:
+        return (
+            f"the test clock (--as-of) at {now.isoformat()} is earlier than this store's "
+            f"latest clock reading, {latest} ({reading.source} clock): a test clock only "
+            f"moves forward; use {latest} or later"
+        )
+    if reading.source == "test":
+        return (
             f"this store was driven to {latest} by a test clock (--as-of) and the real clock "
             f"({now.isoformat()}) is behind it: work scheduled there would be stranded; keep "
             f"using `billing run --once --as-of` at {latest} or later, wait until then, or "
             "use a new database"
         )
+    return None  # the real clock a little behind another node's: clock skew, accepted

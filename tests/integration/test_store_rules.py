@@ -21,7 +21,7 @@ from billing.errors import ConfigError
 from billing.settings import Settings, load_settings
 from billing.store.db import session
 from billing.store.meta import TIMEZONE, get_meta, latest_clock
-from billing.store.models import ChargeAttempt
+from billing.store.models import BillingRun, ChargeAttempt
 from billing.testing import ensure_plan, seed_subscriptions
 from billing.wiring import open_context
 from tests.integration.conftest import Env
@@ -146,3 +146,24 @@ def test_real_clock_work_behind_a_future_test_clock_is_refused(env: Env, db_url:
     # Going on with the test clock from where it is works.
     with open_context(cfg, clock=TestClock(future + timedelta(minutes=5))) as ctx:
         assert ctx.clock.now() > future
+
+
+def test_a_pass_already_running_on_the_real_clock_stops_when_a_test_clock_overtakes_it(
+    env: Env, db_url: str
+) -> None:
+    """A daemon started before someone ran `--as-of` in the future: its passes are refused
+    from then on (each logged as a failed job), writing nothing."""
+    env.ctx.clock = SystemClock()
+    assert run_billing_pass(env.ctx).run_id is None  # works, records the real clock
+    future = SystemClock().now() + timedelta(days=3)
+    with open_context(config(db_url), clock=TestClock(future), billing_work=True) as ctx:
+        run_billing_pass(ctx)
+
+    with pytest.raises(ConfigError, match=r"driven to .* by a test clock"):
+        run_billing_pass(env.ctx)
+    env.ctx.clock = TestClock(future - timedelta(seconds=1))  # an in-process test clock too
+    with pytest.raises(ConfigError, match="only moves forward"):
+        run_billing_pass(env.ctx)
+    assert store_clock(db_url) == (future, "test")
+    with session(env.ctx.engine) as s:
+        assert s.exec(select(BillingRun)).all() == []

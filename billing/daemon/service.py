@@ -49,6 +49,7 @@ class Daemon:
                 log,
                 "billing.pass",
                 run_id=summary.run_id,
+                state=summary.state,
                 invoices_created=summary.invoices_created,
                 attempts=summary.attempts,
                 approved=summary.count("approved"),

@@ -76,8 +76,7 @@ def run_billing_pass(
     state = INTERRUPTED
     try:
         summary.invoices_created = create_due_invoices(ctx, started_at)
-        if summary.invoices_created:
-            run.flush(summary)
+        run.beat(summary)
         batch = max(ctx.concurrency * 4, 8)
         with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="charge") as pool:
             while not should_stop():
@@ -91,7 +90,7 @@ def run_billing_pass(
                 ):
                     summary.add(result)
                     observe(result)
-                run.flush(summary)
+                run.beat(summary)  # after each batch, at most once a second
     except BaseException:
         run.close_after_error(summary)
         raise

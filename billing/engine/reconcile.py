@@ -120,18 +120,15 @@ def run_reconcile(ctx: BillingContext) -> tuple[RunSummary, ReconcileSummary]:
     """One reconciler sweep recorded as a billing run of kind `reconcile` (kept when it
     recorded an outcome); counts and heartbeat are written as it goes, at most once a second."""
     started = ctx.clock.now()
-    started_wall = last_flush = time.monotonic()
+    started_wall = time.monotonic()
     run = RunTracker(ctx, "reconcile", started)
     summary = RunSummary(kind="reconcile", as_of=started)
 
     def on_step(results: list[AttemptResult]) -> None:
-        nonlocal last_flush
         for result in results:
             summary.add(result)
             observe(result)
-        if time.monotonic() - last_flush >= 1.0:
-            run.flush(summary)
-            last_flush = time.monotonic()
+        run.beat(summary)
 
     try:
         swept = reconcile(ctx, run=run, on_step=on_step)

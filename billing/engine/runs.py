@@ -11,6 +11,7 @@ counts recounted from the attempts linked to it. A pass that did nothing leaves 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
 RUN_KINDS = ("pass", "reconcile")
+# Counts and heartbeat are written at most this often while a run goes (and at its end).
+BEAT_SECONDS = 1.0
 
 
 def stale_after(ctx: BillingContext) -> timedelta:
@@ -56,6 +59,7 @@ class RunTracker:
         self.kind = kind
         self.as_of = as_of
         self.run_id: int | None = None
+        self._last_flush = time.monotonic()
 
     def open(self) -> int:
         """Insert the `running` row and move the store's clock forward, in one transaction.
@@ -84,6 +88,11 @@ class RunTracker:
             self.run_id = run.id
         return self.run_id
 
+    def beat(self, summary: RunSummary) -> None:
+        """Write the counts so far and the heartbeat, at most once every BEAT_SECONDS."""
+        if time.monotonic() - self._last_flush >= BEAT_SECONDS:
+            self.flush(summary)
+
     def flush(self, summary: RunSummary, state: str = RUNNING) -> None:
         """Write the counts so far (and the heartbeat); a final state also sets finished_at."""
         if self.run_id is None:
@@ -100,6 +109,7 @@ class RunTracker:
             values["finished_at"] = now
         with session(self.ctx.engine) as s:
             s.exec(update(BillingRun).where(col(BillingRun.id) == self.run_id).values(**values))
+        self._last_flush = time.monotonic()
 
     def close(self, summary: RunSummary, state: str) -> int | None:
         """Close the run; a run that did nothing is removed instead. Returns the run id kept."""

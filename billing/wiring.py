@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from billing.clock import Clock, SystemClock
 from billing.engine.context import BillingContext
+from billing.engine.store_rules import check_clock, check_timezone
 from billing.errors import ConfigError
 from billing.settings import Settings
 from billing.store.db import make_engine
@@ -84,10 +85,19 @@ def open_context(
     clock: Clock | None = None,
     plexo: PlexoClient | None = None,
     require_schema: bool = True,
+    billing_work: bool = False,
 ) -> Iterator[BillingContext]:
-    """Engine + gateway client + clock for one command or daemon; closes what it opened."""
+    """Engine + gateway client + clock for one command or daemon; closes what it opened.
+
+    The store's rules are checked here, so every command and the daemon obey them: the
+    merchant zone recorded at first use (all commands: they compute or show periods; the
+    zone is recorded before billing work starts, or after any other command succeeded), and
+    the clock that only moves forward (a test clock always; the real clock for
+    `billing_work`: the daemon and `run --once`). See engine/store_rules.py.
+    """
     if clock is not None and not isinstance(clock, SystemClock) and cfg.is_production:
         raise ConfigError("a test clock is refused when BILLING_PLEXO_ENVIRONMENT is production")
+    clock = clock or SystemClock()
     engine = make_engine(cfg.database_url)
     client = plexo or cast(
         "PlexoClient", DeferredPlexoClient(lambda: make_plexo_client(cfg, clock=clock))
@@ -97,10 +107,13 @@ def open_context(
             raise ConfigError(
                 "the database schema is not at the latest revision; run `billing db upgrade`"
             )
+        if require_schema:
+            check_timezone(engine, cfg.timezone, clock, record=billing_work)
+            check_clock(engine, clock, billing_work=billing_work)
         yield BillingContext(
             engine=engine,
             plexo=client,
-            clock=clock or SystemClock(),
+            clock=clock,
             tz=cfg.tz,
             node=node_name(cfg),
             actor=actor,
@@ -109,6 +122,10 @@ def open_context(
             resend_grace=timedelta(seconds=cfg.resend_grace_seconds),
             catchup_max_periods=cfg.catchup_max_periods,
         )
+        if require_schema and not billing_work:
+            # First use is the first command that succeeded (a refused one changes nothing);
+            # billing work records it before it starts.
+            check_timezone(engine, cfg.timezone, clock, record=True)
     finally:
         if plexo is None:
             client.close()

@@ -148,7 +148,10 @@ def run_demo(months: int = 4, as_json: bool = False) -> None:
     clock = TestClock(DEMO_START)
     with SandboxServer(simulator) as server:
         plexo = make_plexo_client(cfg, server.url, clock)
-        with plexo, open_context(cfg, actor="demo", clock=clock, plexo=plexo) as ctx:
+        with (
+            plexo,
+            open_context(cfg, actor="demo", clock=clock, plexo=plexo, billing_work=True) as ctx,
+        ):
             _say(f"sandbox listening on {server.url}; store {database_url}")
             _seed(ctx, server.url)
             daemon = Daemon(ctx)

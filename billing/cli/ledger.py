@@ -12,13 +12,16 @@ from billing.cli.common import JsonOption, handle_errors, output, settings, tabl
 from billing.domain.lifecycle import InvoiceStatus
 from billing.domain.money import to_major
 from billing.engine.customers import get_customer
+from billing.engine.runs import RUN_KINDS, effective_state, stale_after
 from billing.errors import InvalidInput
 from billing.store.db import session
 from billing.store.models import BillingRun, ChargeAttempt, Customer, Invoice
 from billing.wiring import open_context
 
 invoices_app = typer.Typer(help="Invoices: one per billed period.", no_args_is_help=True)
-runs_app = typer.Typer(help="Billing runs: every pass that did work.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="Billing runs: every pass or reconciler sweep that did work.", no_args_is_help=True
+)
 
 
 DEFAULT_INVOICE_LIMIT = 200
@@ -104,7 +107,7 @@ def list_invoices(
         typer.echo(f"{len(views)} of {total} shown; use --limit N or --all", err=True)
 
 
-def run_view(run: BillingRun) -> dict[str, Any]:
+def run_view(run: BillingRun, state: str | None = None) -> dict[str, Any]:
     outcomes = {
         outcome: {
             "count": entry["count"],
@@ -115,9 +118,11 @@ def run_view(run: BillingRun) -> dict[str, Any]:
     return {
         "id": run.id,
         "kind": run.kind,
+        "state": state or run.state,
         "node": run.node,
         "as_of": run.as_of,
         "started_at": run.started_at,
+        "heartbeat_at": run.heartbeat_at,
         "finished_at": run.finished_at,
         "invoices_created": run.invoices_created,
         "subscriptions_held": run.subscriptions_held,
@@ -129,19 +134,29 @@ def run_view(run: BillingRun) -> dict[str, Any]:
 @runs_app.command("list")
 @handle_errors
 def list_runs(
+    kind: str | None = typer.Option(None, "--kind", help="pass or reconcile (default: both)"),
     limit: int = typer.Option(50, "--limit", min=1, max=100_000),
     as_json: bool = JsonOption,
 ) -> None:
-    """List billing runs, newest first, with counts per outcome."""
+    """List billing runs (passes and reconciler sweeps), newest first, with their state
+    (running, completed, interrupted) and counts per outcome."""
+    if kind is not None and kind not in RUN_KINDS:
+        raise InvalidInput(f"unknown run kind {kind!r}; use one of " + ", ".join(RUN_KINDS))
     with open_context(settings()) as ctx, session(ctx.engine) as s:
-        runs = s.exec(select(BillingRun).order_by(col(BillingRun.id).desc()).limit(limit)).all()
-        views = [run_view(r) for r in runs]
+        query = select(BillingRun)
+        if kind is not None:
+            query = query.where(BillingRun.kind == kind)
+        runs = s.exec(query.order_by(col(BillingRun.id).desc()).limit(limit)).all()
+        # A run whose process died without closing it is shown interrupted at once.
+        now, silent = ctx.clock.now(), stale_after(ctx)
+        views = [run_view(r, effective_state(r, now, silent)) for r in runs]
+    keys = ("id", "kind", "state", "node", "as_of", "invoices_created", "attempts")
     rows = [
         {
-            **{k: v[k] for k in ("id", "kind", "node", "as_of", "invoices_created", "attempts")},
+            **{k: v[k] for k in keys},
             "outcomes": ", ".join(f"{o} {e['count']}" for o, e in sorted(v["outcomes"].items())),
         }
         for v in views
     ]
-    columns = ["id", "kind", "node", "as_of", "invoices_created", "attempts", "outcomes"]
+    columns = [*keys, "outcomes"]
     output(views, as_json, table(rows, columns))

@@ -79,7 +79,8 @@ class BillingGroup(LazyGroup, OneLineGroup):
             "Invoices: one per billed period.", _attr("billing.cli.ledger", "invoices_app")
         ),
         "runs": Lazy(
-            "Billing runs: every pass that did work.", _attr("billing.cli.ledger", "runs_app")
+            "Billing runs: every pass or reconciler sweep that did work.",
+            _attr("billing.cli.ledger", "runs_app"),
         ),
         "config": Lazy("Inspect settings.", _attr("billing.cli.ops", "config_app")),
         "db": Lazy("Database schema.", _attr("billing.cli.ops", "db_app")),

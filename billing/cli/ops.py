@@ -87,6 +87,8 @@ def check(as_json: bool = JsonOption) -> None:
             if current == head
             else f"at {current or 'an empty schema'}, head is {head}: run `billing db upgrade`",
         )
+        if current == head:
+            record("timezone", *_zone_check(cfg.database_url, cfg.timezone))
     else:
         record("schema", False, "skipped: database unreachable")
     with make_plexo_client(cfg) as client:
@@ -106,6 +108,23 @@ def check(as_json: bool = JsonOption) -> None:
     _report(checks, as_json)
     if not all(c["ok"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _zone_check(database_url: str, setting: str) -> tuple[bool, str]:
+    """The store keeps the zone it was first used with (engine/store_rules.py)."""
+    from billing.store.db import make_engine
+    from billing.store.meta import TIMEZONE, get_meta
+
+    engine = make_engine(database_url)
+    try:
+        recorded = get_meta(engine, TIMEZONE)
+    finally:
+        engine.dispose()
+    if recorded is None:
+        return True, f"{setting} (recorded at first use)"
+    if recorded == setting:
+        return True, f"{setting}, as recorded by the store"
+    return False, f"BILLING_TIMEZONE is {setting} but the store's periods are in {recorded}"
 
 
 def _short(exc: Exception) -> str:

@@ -42,6 +42,7 @@ def summary_view(summary: RunSummary) -> dict[str, Any]:
     return {
         "run_id": summary.run_id,
         "kind": summary.kind,
+        "state": summary.state if summary.run_id else None,
         "as_of": summary.as_of,
         "invoices_created": summary.invoices_created,
         "subscriptions_held": summary.subscriptions_held,
@@ -78,6 +79,8 @@ def render_summary(summary: RunSummary) -> str:
         for outcome, entry in view["outcomes"].items()
     ]
     name = f"run {summary.run_id}" if summary.run_id else "nothing to record"
+    if summary.run_id and summary.state != "completed":
+        name += f" [{summary.state}]"
     work = "resolved outcome" if summary.kind == "reconcile" else "charge attempt"
     held = (
         f"{_count(summary.subscriptions_held, 'subscription')} held for review "
@@ -115,7 +118,7 @@ def run(
                 "--as-of (a test clock) is refused when the environment is production"
             )
         clock = TestClock(moment)
-    with open_context(cfg, actor="cli:run", clock=clock) as ctx:
+    with open_context(cfg, actor="cli:run", clock=clock, billing_work=True) as ctx:
         daemon = Daemon(ctx)
         billing = daemon.billing_pass()
         reconciled = daemon.reconcile()

@@ -13,6 +13,7 @@ from billing import metrics
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
+from billing.engine.runs import close_stale_runs
 from billing.errors import ListenFailed
 from billing.logs import configure_logging, log_event
 from billing.settings import Settings
@@ -27,9 +28,11 @@ def run_daemon(cfg: Settings) -> int:
     (also 0: the work left is picked up like a crashed node's)."""
     configure_logging(cfg.log_format)
     node = node_name(cfg)
-    with open_context(cfg, actor=f"daemon:{node}") as ctx:
+    with open_context(cfg, actor=f"daemon:{node}", billing_work=True) as ctx:
         ctx.node = node
         ctx.plexo.verify_credentials()
+        # A run this node name left `running` belongs to a dead process (one process per name).
+        close_stale_runs(ctx, own_node=True)
         daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds)
         daemon.install_signal_handlers()
         collector = metrics.SubscriptionStateCollector(daemon.subscriptions_by_status)

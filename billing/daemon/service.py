@@ -18,10 +18,10 @@ from sqlmodel import col, select
 
 from billing import metrics
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
-from billing.engine.billing_pass import RunSummary, observe, run_billing_pass, save_run
+from billing.engine.billing_pass import RunSummary, run_billing_pass
 from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
-from billing.engine.reconcile import reconcile
+from billing.engine.reconcile import run_reconcile
 from billing.logs import log_event
 from billing.store.claims import reap_expired, release_all, try_singleton
 from billing.store.db import dialect_name, session
@@ -49,6 +49,7 @@ class Daemon:
                 log,
                 "billing.pass",
                 run_id=summary.run_id,
+                state=summary.state,
                 invoices_created=summary.invoices_created,
                 subscriptions_held=summary.subscriptions_held,
                 attempts=summary.attempts,
@@ -64,16 +65,7 @@ class Daemon:
         return summary
 
     def reconcile(self) -> RunSummary:
-        started = self.ctx.clock.now()
-        started_wall = time.monotonic()
-        result = reconcile(self.ctx)
-        summary = RunSummary(kind="reconcile", as_of=started)
-        for attempt in result.results:
-            summary.add(attempt)
-            observe(attempt)
-        metrics.RUN_DURATION.labels(kind="reconcile").observe(time.monotonic() - started_wall)
-        if summary.attempts:
-            summary.run_id = save_run(self.ctx, summary, started)
+        summary, result = run_reconcile(self.ctx)
         if result.examined:
             log_event(
                 log,

@@ -1,5 +1,5 @@
 """One billing pass: invoice due periods, claim due invoices, charge them with bounded
-concurrency, and record the pass as a billing run."""
+concurrency, all recorded as one billing run (see engine/runs.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from billing import metrics
 from billing.engine.charge import AttemptResult, charge_invoice
 from billing.engine.context import BillingContext
 from billing.engine.invoicing import create_due_invoices
+from billing.engine.runs import COMPLETED, INTERRUPTED, RunTracker, close_stale_runs
 from billing.logs import log_event
 from billing.store.claims import claim_invoices
-from billing.store.db import session
-from billing.store.models import BillingRun
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,7 @@ class RunSummary:
     attempts: int = 0
     totals: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: int | None = None
+    state: str = "completed"  # completed | interrupted (stopped before it ran out of work)
 
     def add(self, result: AttemptResult) -> None:
         if result.outcome == "skipped":
@@ -66,55 +66,50 @@ def observe(result: AttemptResult) -> None:
 def run_billing_pass(
     ctx: BillingContext, should_stop: Callable[[], bool] = lambda: False
 ) -> RunSummary:
-    """Invoice, claim and charge everything due at the clock's now; a pass that did work is
-    recorded as a billing_run row."""
+    """Invoice, claim and charge everything due at the clock's now, as one billing run: its
+    row exists before the first charge is written ahead and every attempt links to it."""
     started_wall = time.monotonic()
     started_at = ctx.clock.now()
     summary = RunSummary(kind="pass", as_of=started_at)
-    invoiced = create_due_invoices(ctx, started_at)
-    summary.invoices_created, summary.subscriptions_held = invoiced.created, invoiced.held
-    batch = max(ctx.concurrency * 4, 8)
-    with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="charge") as pool:
-        while not should_stop():
-            now = ctx.clock.now()
-            claimed = claim_invoices(ctx.engine, ctx.node, now, ctx.lease_seconds, batch)
-            if not claimed:
-                break
-            for result in pool.map(lambda i: _charge_safely(ctx, i, should_stop), claimed):
-                summary.add(result)
-                observe(result)
-    metrics.RUN_DURATION.labels(kind="pass").observe(time.monotonic() - started_wall)
-    if summary.did_work:
-        summary.run_id = save_run(ctx, summary, started_at)
+    close_stale_runs(ctx)
+    run = RunTracker(ctx, "pass", started_at)
+    run_id = run.open()
+    state = INTERRUPTED
+    try:
+        invoiced = create_due_invoices(ctx, started_at)
+        summary.invoices_created, summary.subscriptions_held = invoiced.created, invoiced.held
+        run.beat(summary)
+        batch = max(ctx.concurrency * 4, 8)
+        with ThreadPoolExecutor(max_workers=ctx.concurrency, thread_name_prefix="charge") as pool:
+            while not should_stop():
+                now = ctx.clock.now()
+                claimed = claim_invoices(ctx.engine, ctx.node, now, ctx.lease_seconds, batch)
+                if not claimed:
+                    state = COMPLETED
+                    break
+                for result in pool.map(
+                    lambda i: _charge_safely(ctx, i, should_stop, run_id), claimed
+                ):
+                    summary.add(result)
+                    observe(result)
+                run.beat(summary)  # after each batch, at most once a second
+    except BaseException:
+        run.close_after_error(summary)
+        raise
+    finally:
+        metrics.RUN_DURATION.labels(kind="pass").observe(time.monotonic() - started_wall)
+    summary.run_id = run.close(summary, state)
+    summary.state = state
     return summary
 
 
 def _charge_safely(
-    ctx: BillingContext, invoice_id: int, should_stop: Callable[[], bool]
+    ctx: BillingContext, invoice_id: int, should_stop: Callable[[], bool], run_id: int
 ) -> AttemptResult:
     """One failing invoice must not end the pass: its lease expires and the write-ahead
     attempt (if any) goes to the reconciler. Only the error's type is logged (no data)."""
     try:
-        return charge_invoice(ctx, invoice_id, should_stop)
+        return charge_invoice(ctx, invoice_id, should_stop, run_id=run_id)
     except Exception as exc:
         log_event(log, "charge.failed", logging.ERROR, error=type(exc).__name__)
         return AttemptResult(invoice_id, "skipped", 0, "")
-
-
-def save_run(ctx: BillingContext, summary: RunSummary, started_at: datetime) -> int:
-    with session(ctx.engine) as s:
-        run = BillingRun(
-            kind=summary.kind,
-            node=ctx.node,
-            as_of=summary.as_of,
-            started_at=started_at,
-            finished_at=ctx.clock.now(),
-            invoices_created=summary.invoices_created,
-            subscriptions_held=summary.subscriptions_held,
-            attempts=summary.attempts,
-            totals=summary.totals,
-        )
-        s.add(run)
-        s.flush()
-        assert run.id is not None
-        return run.id

@@ -56,21 +56,29 @@ def reference_id(invoice_number: str, attempt_number: int) -> str:
 
 
 def charge_invoice(
-    ctx: BillingContext, invoice_id: int, should_stop: Callable[[], bool] = lambda: False
+    ctx: BillingContext,
+    invoice_id: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    *,
+    run_id: int | None = None,
 ) -> AttemptResult:
-    """Charge an invoice this node has claimed. Safe to call on a lost lease (does nothing)."""
+    """Charge an invoice this node has claimed, as part of billing run `run_id`. Safe to call
+    on a lost lease (does nothing)."""
     if should_stop():
         _release(ctx, invoice_id)
         return AttemptResult(invoice_id, "skipped", 0, "")
-    prepared = _write_ahead(ctx, invoice_id)
+    prepared = _write_ahead(ctx, invoice_id, run_id)
     if isinstance(prepared, AttemptResult):
         return prepared
     outcome = ctx.plexo.create_payment(prepared)
     return record_outcome(ctx, prepared.reference_id, outcome, lease_owner=ctx.node)
 
 
-def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | AttemptResult:
-    """Commit the attempt row (state `sending`) and move the invoice to `charging`."""
+def _write_ahead(
+    ctx: BillingContext, invoice_id: int, run_id: int | None = None
+) -> PaymentRequest | AttemptResult:
+    """Commit the attempt row (state `sending`, linked to its run) and move the invoice to
+    `charging`."""
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         invoice = s.get(Invoice, invoice_id)
@@ -107,6 +115,7 @@ def _write_ahead(ctx: BillingContext, invoice_id: int) -> PaymentRequest | Attem
                 currency=invoice.currency,
                 instrument_id=instrument.id,
                 node=ctx.node,
+                run_id=run_id,
                 created_at=now,
                 last_sent_at=now,
             )

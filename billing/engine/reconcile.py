@@ -12,15 +12,19 @@ expired lease (its node died mid-call) it:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
+from billing import metrics
 from billing.domain.lifecycle import AttemptState, InvoiceStatus
 from billing.domain.text import gateway_text
+from billing.engine.billing_pass import RunSummary, observe
 from billing.engine.charge import (
     UNRESOLVED,
     AttemptResult,
@@ -30,6 +34,7 @@ from billing.engine.charge import (
 )
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.engine.runs import COMPLETED, RunTracker
 from billing.logs import log_event
 from billing.plexo.errors import PlexoError
 from billing.plexo.outcome import ChargeOutcome
@@ -85,19 +90,56 @@ def unresolved_attempts(ctx: BillingContext, now: datetime, limit: int) -> list[
     return list(rows)
 
 
-def reconcile(ctx: BillingContext, limit: int = 500) -> ReconcileSummary:
-    """One sweep over unresolved attempts."""
+def reconcile(
+    ctx: BillingContext,
+    limit: int = 500,
+    *,
+    run: RunTracker | None = None,
+    on_step: Callable[[list[AttemptResult]], None] = lambda _: None,
+) -> ReconcileSummary:
+    """One sweep over unresolved attempts; with `run`, its row is opened once there is
+    something to examine. `on_step` is called after each attempt with the outcomes it
+    recorded (often none: still waiting, gateway unavailable)."""
     summary = ReconcileSummary()
     now = ctx.clock.now()
-    for ref in unresolved_attempts(ctx, now, limit):
+    refs = unresolved_attempts(ctx, now, limit)
+    run_id = run.open() if refs and run is not None else None
+    for ref in refs:
         summary.examined += 1
+        recorded = len(summary.results)
         try:
-            outcome = resolve_attempt(ctx, ref, summary)
+            outcome = resolve_attempt(ctx, ref, summary, run_id)
         except Exception as exc:  # one bad attempt must not stop the sweep; its lease expires
             log_event(log, "reconcile.failed", logging.ERROR, error=type(exc).__name__)
             outcome = "error"
         summary.outcomes[outcome] += 1
+        on_step(summary.results[recorded:])
     return summary
+
+
+def run_reconcile(ctx: BillingContext) -> tuple[RunSummary, ReconcileSummary]:
+    """One reconciler sweep recorded as a billing run of kind `reconcile` (kept when it
+    recorded an outcome); counts and heartbeat are written as it goes, at most once a second."""
+    started = ctx.clock.now()
+    started_wall = time.monotonic()
+    run = RunTracker(ctx, "reconcile", started)
+    summary = RunSummary(kind="reconcile", as_of=started)
+
+    def on_step(results: list[AttemptResult]) -> None:
+        for result in results:
+            summary.add(result)
+            observe(result)
+        run.beat(summary)
+
+    try:
+        swept = reconcile(ctx, run=run, on_step=on_step)
+    except BaseException:
+        run.close_after_error(summary)
+        raise
+    finally:
+        metrics.RUN_DURATION.labels(kind="reconcile").observe(time.monotonic() - started_wall)
+    summary.run_id = run.close(summary, COMPLETED)
+    return summary, swept
 
 
 def _take_lease(ctx: BillingContext, ref: str, now: datetime) -> int | None:
@@ -125,7 +167,9 @@ def _take_lease(ctx: BillingContext, ref: str, now: datetime) -> int | None:
         return invoice_id if taken.rowcount == 1 else None
 
 
-def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) -> str:
+def resolve_attempt(
+    ctx: BillingContext, ref: str, summary: ReconcileSummary, run_id: int | None = None
+) -> str:
     """Resolve one attempt; returns what happened (approved, declined, pending, unknown, ...)."""
     now = ctx.clock.now()
     invoice_id = _take_lease(ctx, ref, now)
@@ -153,7 +197,7 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
             if now - last_sent < ctx.resend_grace:
                 _check_later(ctx, ref, now, delay, "no payment at Plexo yet; waiting out grace")
                 return "waiting"
-            resent = _resend(ctx, ref, now)
+            resent = _resend(ctx, ref, now, run_id)
             if resent is None:
                 return "busy"
             outcome = resent
@@ -167,8 +211,13 @@ def resolve_attempt(ctx: BillingContext, ref: str, summary: ReconcileSummary) ->
     return result.outcome
 
 
-def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | None:
+def _resend(
+    ctx: BillingContext, ref: str, now: datetime, run_id: int | None = None
+) -> ChargeOutcome | None:
     """Plexo proved it has no payment with this referenceId: send the same one again.
+
+    An attempt written before runs were linked joins the sweep's run (`run_id`) here, so every
+    charge sent belongs to a run.
 
     Re-checked under locks (invoice, then attempt) and committed before the call: the invoice
     is still charging and leased to us, the attempt still unresolved. None when it no longer is.
@@ -192,6 +241,7 @@ def _resend(ctx: BillingContext, ref: str, now: datetime) -> ChargeOutcome | Non
         assert sub is not None and customer is not None and customer.plexo_id is not None
         assert instrument is not None
         attempt.state = AttemptState.sending
+        attempt.run_id = attempt.run_id or run_id
         attempt.send_count += 1
         attempt.last_sent_at = now
         s.add(attempt)

@@ -188,6 +188,8 @@ class ChargeAttempt(SQLModel, table=True):
     decline_class: str | None = Field(default=None, max_length=16)
     message: str | None = Field(default=None, max_length=500)
     node: str = Field(max_length=128)
+    # The billing run that wrote it ahead (NULL only for attempts older than runs' linking).
+    run_id: int | None = Field(default=None, foreign_key="billing_run.id", index=True)
     send_count: int = 1
     last_sent_at: datetime | None = _utc(nullable=True)  # the resend grace counts from here
     check_count: int = 0
@@ -198,20 +200,37 @@ class ChargeAttempt(SQLModel, table=True):
 
 class BillingRun(SQLModel, table=True):
     """One billing pass (or reconciler sweep) that did work. `totals` holds per-outcome
-    counts and per-currency amounts: {"approved": {"count": n, "amounts": {"UYU": minor}}}."""
+    counts and per-currency amounts: {"approved": {"count": n, "amounts": {"UYU": minor}}}.
+
+    Written when the pass starts (state `running`), its counts and `heartbeat_at` refreshed as
+    it goes, closed `completed` or `interrupted` (see engine/runs.py)."""
 
     __tablename__ = "billing_run"
 
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=16)  # pass | reconcile
     node: str = Field(max_length=128)
+    # running | completed | interrupted
+    state: str = Field(default="running", max_length=16, index=True)
     as_of: datetime = _utc()
     started_at: datetime = _utc()
+    heartbeat_at: datetime | None = _utc(nullable=True)
     finished_at: datetime | None = _utc(nullable=True)
     invoices_created: int = 0
     subscriptions_held: int = 0
     attempts: int = 0
     totals: dict[str, Any] = _json()
+
+
+class StoreMeta(SQLModel, table=True):
+    """Facts about the store itself, one row per key: the merchant zone its periods are
+    computed in, the latest clock reading billing work ran at (see store/meta.py)."""
+
+    __tablename__ = "store_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=200)
+    updated_at: datetime = _utc()
 
 
 class Event(SQLModel, table=True):

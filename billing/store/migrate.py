@@ -18,16 +18,26 @@ if TYPE_CHECKING:
 # Alembic is imported inside the functions that migrate: every command checks `is_at_head`,
 # and importing Alembic (its DDL dialects, its script loader) costs more than the command.
 
-# The repository root (editable install): alembic.ini and migrations/ live there.
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parents[1]
+# The repository root of a source checkout (editable install): alembic.ini and migrations/.
+ROOT = PACKAGE.parent
+
+
+def migrations_dir() -> Path:
+    """The migration scripts: the copy a wheel carries (billing/_migrations), else the source
+    checkout's migrations/ folder."""
+    shipped = PACKAGE / "_migrations"
+    return shipped if (shipped / "env.py").is_file() else ROOT / "migrations"
 
 
 def alembic_config(url: str | None = None) -> Config:
-    """Alembic config bound to this repository's migrations and, if given, to `url`."""
+    """Alembic config bound to the shipped migrations and, if given, to `url`."""
     from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    ini = ROOT / "alembic.ini"
+    cfg = Config(str(ini)) if ini.is_file() and ini.parent == migrations_dir().parent else Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["configure_logger"] = False
     if url is not None:
         cfg.attributes["url"] = normalize_url(url)
@@ -55,7 +65,7 @@ def head_revision() -> str:
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
-        raise RuntimeError(f"no migrations found under {ROOT / 'migrations'}")
+        raise RuntimeError(f"no migrations found under {migrations_dir()}")
     return head
 
 
@@ -90,7 +100,7 @@ def script_heads(versions: Path | None = None) -> set[str]:
     revisions: set[str] = set()
     downs: set[str] = set()
     try:
-        for path in sorted((versions or ROOT / "migrations" / "versions").glob("*.py")):
+        for path in sorted((versions or migrations_dir() / "versions").glob("*.py")):
             found = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
             if "revision" not in found:
                 continue

@@ -40,6 +40,9 @@ PLEXO_ID = column_limit(Customer, "plexo_id")
 PLAN_CODE = column_limit(Plan, "code")
 PLAN_NAME = column_limit(Plan, "name")
 REASON = column_limit(Event, "reason")
+# Amounts are INTEGER columns (plan, invoice, charge_attempt): PostgreSQL refuses more than this.
+AMOUNT_MINOR = 2**31 - 1
+
 INSTRUMENT = {
     name: column_limit(PaymentInstrument, name)
     for name in ("token", "brand", "bin", "last4", "card_type")

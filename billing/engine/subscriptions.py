@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 
 from billing.domain.cards import refuse_card_numbers
 from billing.domain.lifecycle import SubscriptionStatus, check_transition
-from billing.domain.money import check_currency, parse_amount
+from billing.domain.money import check_currency, parse_amount, to_major
 from billing.domain.periods import Interval, parse_interval, period_index_at, period_start
 from billing.domain.text import checked_text, refuse_too_long, refuse_unsafe
 from billing.engine import limits
@@ -54,6 +54,10 @@ def create_plan(
         raise InvalidInput("plan name is required")
     currency = check_currency(currency)
     minor = parse_amount(amount, currency)
+    if minor > limits.AMOUNT_MINOR:
+        raise InvalidInput(
+            f"amount must be at most {to_major(limits.AMOUNT_MINOR, currency)} {currency}"
+        )
     parsed_interval = parse_interval(interval)
     if not 1 <= interval_count <= 365:
         raise InvalidInput(f"interval count must be between 1 and 365 (got {interval_count})")

@@ -57,7 +57,7 @@ NOT_SETTINGS = frozenset(
 """BILLING_* variables that other parts read; the unknown-variable check leaves them alone."""
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_API_KEY = "sandbox-key"
-CREDENTIAL_FIELDS = ("plexo_api_key",)
+CREDENTIAL_FIELDS = ("plexo_api_key", "database_url")
 """Settings that systemd may hand over as ``$CREDENTIALS_DIRECTORY/<name>``."""
 MASK = "********"
 

@@ -507,3 +507,16 @@ def test_example_file_documents_every_key_and_loads(tmp_path: Path) -> None:
     active = "\n".join(m.group(0)[2:] for line in lines if (m := assignment.match(line)))
     settings = load_settings(write(tmp_path / "active.toml", active + "\n"), environ={})
     assert set(settings.origins.values()) == {"file"}
+
+
+def test_database_url_credential_for_a_password_that_must_not_sit_in_a_file(
+    tmp_path: Path,
+) -> None:
+    """billing@.service hands the PostgreSQL URL over as a systemd credential."""
+    environ = credentials(tmp_path)
+    url = "postgresql://billing:s3cret@db.internal/billing"
+    write(Path(environ["CREDENTIALS_DIRECTORY"]) / "database_url", url + "\n")
+    settings = load_settings(environ=environ)
+    assert settings.database_url == url
+    assert settings.origins["database_url"] == "credential"
+    assert "s3cret" not in describe_text(settings)

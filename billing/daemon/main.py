@@ -67,6 +67,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         tick_seconds=cfg.tick_seconds,
         reconcile_seconds=cfg.reconcile_seconds,
         reaper_seconds=cfg.reaper_seconds,
+        expiry_seconds=cfg.expiry_check_seconds,
     )
     scheduler.start()
     log_event(

@@ -23,7 +23,9 @@ from datetime import timedelta
 from sqlalchemy import or_, update
 from sqlmodel import col, select
 
+from billing import metrics
 from billing.domain.lifecycle import InvoiceStatus
+from billing.engine.billing_pass import observe
 from billing.engine.charge import UNRESOLVED, record_outcome
 from billing.engine.context import BillingContext
 from billing.logs import log_event
@@ -81,6 +83,7 @@ def handle_payment_callback(ctx: BillingContext, body: bytes) -> CallbackResult:
         _release(ctx, attempt.invoice_id)
         return _done(CallbackResult(200, outcome.kind))
     result = record_outcome(ctx, ref, outcome, lease_owner=ctx.node)
+    observe(result)  # counted with every other recorded charge outcome
     return _done(CallbackResult(200, f"recorded:{result.outcome}"))
 
 
@@ -123,4 +126,5 @@ def _release(ctx: BillingContext, invoice_id: int) -> None:
 
 def _done(result: CallbackResult) -> CallbackResult:
     log_event(log, "callback.received", outcome=result.outcome, status=result.http_status)
+    metrics.CALLBACKS.labels(outcome=result.outcome).inc()
     return result

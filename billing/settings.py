@@ -424,14 +424,20 @@ class Settings(BaseSettings):
 
     @field_validator("callback_public_url")
     @classmethod
-    def _check_callback_public_url(cls, value: str | None) -> str | None:
+    def _check_callback_public_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        production = info.data.get("plexo_environment") == "production"
         if not value:
+            if production and info.data.get("callback_enabled"):
+                # Plexo cannot reach a loopback default, and must not carry the token in clear.
+                raise _invalid("is required in production when the receiver is on (https://)")
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             raise _invalid("must be an http:// or https:// URL without user:password@")
         if parts.query or parts.fragment:
             raise _invalid("must not have a query or a fragment")
+        if production and parts.scheme != "https":
+            raise _invalid("must be https:// in production (the URL carries the secret token)")
         return value.rstrip("/")
 
     @field_validator("node_name")

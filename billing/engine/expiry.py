@@ -44,8 +44,10 @@ def send_expiry_warnings(ctx: BillingContext, limit: int = 1000) -> int:
         return 0
     now = ctx.clock.now()
     horizon = (now + timedelta(days=max(ctx.expiry_warn_days) + 1)).astimezone(ctx.tz)
+    local = now.astimezone(ctx.tz)
+    months = (local.year * 12 + local.month, horizon.year * 12 + horizon.month)
     sent = 0
-    for instrument_id, subscription_id in _candidates(ctx, horizon.year * 12 + horizon.month):
+    for instrument_id, subscription_id in _candidates(ctx, *months):
         if sent >= limit:
             break
         try:
@@ -57,9 +59,10 @@ def send_expiry_warnings(ctx: BillingContext, limit: int = 1000) -> int:
     return sent
 
 
-def _candidates(ctx: BillingContext, horizon_month: int) -> list[tuple[int, int]]:
+def _candidates(ctx: BillingContext, this_month: int, horizon_month: int) -> list[tuple[int, int]]:
     """(card, subscription) pairs: the card the subscription's next charge would use, which
-    expires by the horizon month. One subscription per card (the first to renew)."""
+    expires between this month and the horizon month (year * 12 + month; cards expired
+    before are past warning). One subscription per card (the first to renew)."""
     with session(ctx.engine) as s:
         subs = s.exec(
             select(Subscription)
@@ -73,8 +76,9 @@ def _candidates(ctx: BillingContext, horizon_month: int) -> list[tuple[int, int]
             .where(col(PaymentInstrument.exp_year).is_not(None))
             .where(col(PaymentInstrument.exp_month).is_not(None))
             .where(
-                col(PaymentInstrument.exp_year) * 12 + col(PaymentInstrument.exp_month)
-                <= horizon_month
+                (col(PaymentInstrument.exp_year) * 12 + col(PaymentInstrument.exp_month)).between(
+                    this_month, horizon_month
+                )
             )
             .order_by(col(Subscription.next_billing_at), col(Subscription.id))
             .distinct()

@@ -13,6 +13,12 @@ from billing.settings import describe_text, load_settings
 
 BASE = {"BILLING_DATABASE_URL": "sqlite:///x"}
 TOKEN = "Zx9" * 12
+PRODUCTION = {
+    "BILLING_PLEXO_ENVIRONMENT": "production",
+    "BILLING_PLEXO_BASE_URL": "https://api.plexo.com.uy",
+    "BILLING_PLEXO_CLIENT_ID": "4711",
+    "BILLING_PLEXO_API_KEY": "k" * 40,
+}
 
 
 def refused(**environ: str) -> str:
@@ -44,6 +50,19 @@ def test_the_callback_url_carries_the_token_and_config_show_hides_it() -> None:
     assert proxied.callback_url == f"https://billing.example.com/plexo/callbacks/{TOKEN}"
 
 
+def test_production_takes_an_https_public_url() -> None:
+    cfg = load_settings(
+        environ={
+            **BASE,
+            **PRODUCTION,
+            "BILLING_CALLBACK_ENABLED": "true",
+            "BILLING_CALLBACK_TOKEN": TOKEN,
+            "BILLING_CALLBACK_PUBLIC_URL": "https://billing.example.com",
+        }
+    )
+    assert cfg.callback_url == f"https://billing.example.com/plexo/callbacks/{TOKEN}"
+
+
 def test_the_token_may_come_from_a_systemd_credential(tmp_path: Path) -> None:
     (tmp_path / "callback_token").write_text(TOKEN + "\n", encoding="utf-8")
     cfg = load_settings(
@@ -62,6 +81,14 @@ def test_the_token_may_come_from_a_systemd_credential(tmp_path: Path) -> None:
         ({"BILLING_CALLBACK_ADDRESS": "0.0.0.0"}, "BILLING_CALLBACK_ADDRESS: must be a loopback"),
         ({"BILLING_CALLBACK_PUBLIC_URL": "ftp://x"}, "BILLING_CALLBACK_PUBLIC_URL: must be"),
         ({"BILLING_CALLBACK_PUBLIC_URL": "https://u:p@x"}, "without user:password@"),
+        (
+            {**PRODUCTION, "BILLING_CALLBACK_ENABLED": "true", "BILLING_CALLBACK_TOKEN": TOKEN},
+            "BILLING_CALLBACK_PUBLIC_URL: is required in production",
+        ),
+        (
+            {**PRODUCTION, "BILLING_CALLBACK_PUBLIC_URL": "http://billing.example.com"},
+            "BILLING_CALLBACK_PUBLIC_URL: must be https:// in production",
+        ),
         ({"BILLING_EXPIRY_WARN_DAYS": "30,seven"}, "BILLING_EXPIRY_WARN_DAYS: must be"),
         ({"BILLING_EXPIRY_WARN_DAYS": "0"}, "BILLING_EXPIRY_WARN_DAYS: must be"),
         ({"BILLING_EXPIRY_WARN_DAYS": "400"}, "BILLING_EXPIRY_WARN_DAYS: must be"),

@@ -266,3 +266,33 @@ def test_uncancel_undoes_a_cancel_at_period_end(env: Env, db_url: str) -> None:
     refused(env, db_url, ["subscriptions", "uncancel", sub, "--reason", "x"], "already canceled")
     refused(env, db_url, ["subscriptions", "uncancel", "99999999999", "--reason", "x"],
             "no subscription")  # fmt: skip
+
+
+def test_resolve_settles_the_attempt_plexo_answers_409_for_and_cannot_find(env: Env) -> None:
+    """The case `resolve` exists for: the first send was charged but its answer lost, the
+    query finds nothing (its index lags), the resend of the same referenceId gets 409."""
+    from billing.engine.reconcile import reconcile
+
+    ensure_plan(env.ctx)
+    [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, start=START)
+    env.simulator.faults.queue("error_after", route="POST /v1/payments", status=502)
+    env.simulator.faults.queue("query_lag", route="GET /v1/payments/query", times=50)
+    run_billing_pass(env.ctx)
+    env.clock.advance(env.ctx.resend_grace + timedelta(seconds=1))
+    swept = reconcile(env.ctx)
+    assert swept.resent == 1  # Plexo "has no such payment": the same referenceId again...
+    stuck = only_invoice(env)
+    with session(env.ctx.engine) as s:
+        [attempt] = s.exec(select(ChargeAttempt)).all()
+    assert (stuck.status, attempt.state, attempt.send_count) == ("charging", "unknown", 2)
+    assert len(env.simulator.payments()) == 1  # ...refused as a duplicate (409): one payment
+
+    resolve_invoice(env.ctx, stuck.number, paid=True, reason="Plexo support: payment approved")
+    paid = only_invoice(env)
+    assert paid.status == "paid"
+    with session(env.ctx.engine) as s:
+        sub = s.get(Subscription, sub_id)
+        assert sub is not None and sub.current_period_end == paid.period_end
+    env.clock.advance(timedelta(hours=2))
+    assert reconcile(env.ctx).examined == 0  # nothing left: no resend, no second advance
+    assert invoice_refs_charged(env.simulator.payments()) == {paid.number: 1}

@@ -25,6 +25,12 @@ CHARGED_AMOUNT = Counter(
     ["currency"],
     registry=REGISTRY,
 )
+CALLBACKS = Counter(
+    "billing_callbacks_total",
+    "Plexo payment callbacks received, by what the confirming GET led to.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 GATEWAY_LATENCY = Histogram(
     "billing_gateway_request_duration_seconds",
     "Plexo request latency by route and status class.",

@@ -57,7 +57,7 @@ NOT_SETTINGS = frozenset(
 """BILLING_* variables that other parts read; the unknown-variable check leaves them alone."""
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_API_KEY = "sandbox-key"
-CREDENTIAL_FIELDS = ("plexo_api_key", "database_url")
+CREDENTIAL_FIELDS = ("plexo_api_key", "database_url", "callback_token")
 """Settings that systemd may hand over as ``$CREDENTIALS_DIRECTORY/<name>``."""
 MASK = "********"
 
@@ -73,6 +73,23 @@ _LAYERED: ContextVar[bool] = ContextVar("billing_settings_layered", default=Fals
 _HOSTNAME = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+
+
+CALLBACK_PATH = "/plexo/callbacks"
+CALLBACK_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
+
+
+def parse_warn_days(text: str) -> tuple[int, ...]:
+    """ "30,7" -> (30, 7), largest first; "" -> no warnings. ConfigError-shaped refusal."""
+    days: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isascii() or not part.isdigit() or not 1 <= int(part) <= 365:
+            raise _invalid('must be comma-separated whole days from 1 to 365, e.g. "30,7"')
+        days.add(int(part))
+    return tuple(sorted(days, reverse=True))
 
 
 def env_name(field: str) -> str:
@@ -210,6 +227,17 @@ class Settings(BaseSettings):
     stop_budget_seconds: int = Field(default=30, gt=0)
     catchup_max_periods: int = Field(default=12, ge=1, le=10000)
     """A subscription with more due, uninvoiced periods than this in one pass is held."""
+    expiry_warn_days: str = "30,7"
+    """Pre-dunning: warn (event instrument.expiring) this many days before a card expires."""
+    expiry_check_seconds: int = Field(default=3600, gt=0)
+    callback_enabled: bool = False
+    """Serve Plexo payment callbacks (hints, confirmed with a GET) on a loopback port."""
+    callback_address: str = "127.0.0.1"
+    callback_port: int = Field(default=9465, ge=1, le=65535)
+    callback_token: SecretStr = SecretStr("")
+    """The unguessable path segment of the callback URL; also a systemd credential."""
+    callback_public_url: str | None = None
+    """The base URL Plexo reaches the receiver at (a reverse proxy); default its own address."""
     node_name: str = Field(default_factory=default_node_name)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -366,6 +394,52 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("expiry_warn_days")
+    @classmethod
+    def _check_expiry_warn_days(cls, value: str) -> str:
+        parse_warn_days(value)
+        return value
+
+    @field_validator("callback_address")
+    @classmethod
+    def _check_callback_address(cls, value: str) -> str:
+        if not is_loopback_host(value):
+            # Unsigned callbacks are hints, but the receiver still costs a GET each: keep it
+            # behind a reverse proxy on this host.
+            raise _invalid("must be a loopback address such as 127.0.0.1 (put a proxy in front)")
+        return value
+
+    @field_validator("callback_token")
+    @classmethod
+    def _check_callback_token(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        token = value.get_secret_value()
+        if not token and info.data.get("callback_enabled"):
+            raise _invalid("is required when BILLING_CALLBACK_ENABLED is true (the URL's secret)")
+        if token and not CALLBACK_TOKEN.fullmatch(token):
+            raise _invalid(
+                "must be 32 to 128 of the characters A-Z a-z 0-9 _ - (e.g. from "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value
+
+    @field_validator("callback_public_url")
+    @classmethod
+    def _check_callback_public_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        production = info.data.get("plexo_environment") == "production"
+        if not value:
+            if production and info.data.get("callback_enabled"):
+                # Plexo cannot reach a loopback default, and must not carry the token in clear.
+                raise _invalid("is required in production when the receiver is on (https://)")
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+            raise _invalid("must be an http:// or https:// URL without user:password@")
+        if parts.query or parts.fragment:
+            raise _invalid("must not have a query or a fragment")
+        if production and parts.scheme != "https":
+            raise _invalid("must be https:// in production (the URL carries the secret token)")
+        return value.rstrip("/")
+
     @field_validator("node_name")
     @classmethod
     def _check_node_name(cls, value: str) -> str:
@@ -382,6 +456,18 @@ class Settings(BaseSettings):
             if not _HOSTNAME.match(value):
                 raise _invalid("must be an IP address or a host name such as 127.0.0.1") from None
         return value
+
+    @property
+    def expiry_warn_days_list(self) -> tuple[int, ...]:
+        return parse_warn_days(self.expiry_warn_days)
+
+    @property
+    def callback_url(self) -> str | None:
+        """The callbackUrl sent with every payment, or None when the receiver is off."""
+        if not self.callback_enabled:
+            return None
+        base = self.callback_public_url or f"http://{self.callback_address}:{self.callback_port}"
+        return f"{base}{CALLBACK_PATH}/{self.callback_token.get_secret_value()}"
 
     @property
     def is_production(self) -> bool:

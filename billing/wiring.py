@@ -121,6 +121,8 @@ def open_context(
             lease_seconds=cfg.lease_seconds,
             resend_grace=timedelta(seconds=cfg.resend_grace_seconds),
             catchup_max_periods=cfg.catchup_max_periods,
+            expiry_warn_days=cfg.expiry_warn_days_list,
+            callback_url=cfg.callback_url,
         )
         if require_schema and not billing_work:
             # First use is the first command that succeeded (a refused one changes nothing);

@@ -8,10 +8,25 @@ import typer
 from sqlalchemy import and_, func
 from sqlmodel import col, select
 
-from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.cli.common import (
+    JsonOption,
+    cell,
+    handle_errors,
+    local_time,
+    output,
+    settings,
+    table,
+)
 from billing.domain.lifecycle import InvoiceStatus
 from billing.domain.money import to_major
 from billing.engine.customers import get_customer
+from billing.engine.invoices import (
+    AttemptLine,
+    invoice_timeline,
+    mark_uncollectible,
+    resolve_invoice,
+    void_invoice,
+)
 from billing.engine.runs import RUN_KINDS, effective_state, stale_after
 from billing.errors import InvalidInput
 from billing.store.db import session
@@ -31,6 +46,7 @@ def invoice_view(
     invoice: Invoice, customer: str | None, attempt: ChargeAttempt | None = None
 ) -> dict[str, Any]:
     return {
+        "id": invoice.id,
         "number": invoice.number,
         "customer": customer,
         "subscription_id": invoice.subscription_id,
@@ -105,6 +121,138 @@ def list_invoices(
     if total > len(views):
         # stderr, so that --json stays one parsable document
         typer.echo(f"{len(views)} of {total} shown; use --limit N or --all", err=True)
+
+
+def attempt_view(line: AttemptLine) -> dict[str, Any]:
+    a = line.attempt
+    return {
+        "attempt": a.attempt_number,
+        "at": a.created_at,
+        "last_sent_at": a.last_sent_at,
+        "resolved_at": a.resolved_at,
+        "instrument_id": a.instrument_id,
+        "instrument": _card(line.brand, line.last4),
+        "state": a.state,
+        "decline_code": a.decline_code,
+        "result_code": a.result_code,
+        "decline_class": a.decline_class,
+        "reference_id": a.reference_id,
+        "plexo_payment_id": a.plexo_payment_id,
+        "send_count": a.send_count,
+        "next_check_at": a.next_check_at,
+    }
+
+
+def _card(brand: str | None, last4: str | None) -> str | None:
+    if brand is None and last4 is None:
+        return None
+    return f"{brand or 'card'} *{last4 or '????'}"
+
+
+@invoices_app.command("show")
+@handle_errors
+def show_invoice(
+    invoice: str = typer.Argument(..., help="Invoice id or number (INV-...)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show one invoice and its timeline: every attempt and the next scheduled one."""
+    with open_context(settings()) as ctx:
+        timeline = invoice_timeline(ctx, invoice)
+        with session(ctx.engine) as s:
+            customer = s.get(Customer, timeline.invoice.customer_id)
+        ref = customer.reference_id if customer else None
+    view = {
+        **invoice_view(timeline.invoice, ref),
+        "next_attempt_at": timeline.next_attempt_at,
+        "next_check_at": timeline.next_check_at,
+        "timeline": [attempt_view(line) for line in timeline.attempts],
+    }
+    output(view, as_json, render_timeline(view))
+
+
+def render_timeline(view: dict[str, Any]) -> str:
+    head = [
+        f"invoice {view['id']} {view['number']}  {view['status']}  "
+        f"{view['amount']} {view['currency']}  customer {cell(view['customer'])}",
+        f"period {cell(view['period_start'])} - {cell(view['period_end'])}, "
+        f"subscription {view['subscription_id']}",
+    ]
+    rows = view["timeline"]
+    columns = ["attempt", "at", "instrument", "state", "decline_code", "result_code"]
+    columns += ["decline_class", "reference_id", "plexo_payment_id"]
+    lines = [*head, table(rows, columns) if rows else "no attempts yet"]
+    if view["next_attempt_at"] is not None:
+        lines.append(f"next attempt: {local_time(view['next_attempt_at'])}")
+    elif view["next_check_at"] is not None:
+        lines.append(f"next check with Plexo: {local_time(view['next_check_at'])}")
+    elif view["status"] == "open":
+        lines.append("next attempt: none scheduled")
+    return "\n".join(lines)
+
+
+def _operator(by: str | None) -> str:
+    from billing.cli.subscriptions import operator_name
+
+    return operator_name(by)
+
+
+ByOption = typer.Option(None, "--by", help="Who does it (default: the OS user).")
+ReasonOption = typer.Option(..., "--reason", help="Why (kept in the event log).")
+
+
+@invoices_app.command("void")
+@handle_errors
+def void(
+    invoice: str = typer.Argument(..., help="Invoice id or number."),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Void an open invoice: the period is not owed (never while it is charging)."""
+    actor = _operator(by)
+    with open_context(settings(), actor=actor) as ctx:
+        done = void_invoice(ctx, invoice, reason=reason)
+    output(invoice_view(done, None), as_json, f"invoice {done.number} voided by {actor}")
+
+
+@invoices_app.command("mark-uncollectible")
+@handle_errors
+def uncollectible(
+    invoice: str = typer.Argument(..., help="Invoice id or number."),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Write an open invoice off: no more attempts; a late payment still pays it."""
+    actor = _operator(by)
+    with open_context(settings(), actor=actor) as ctx:
+        done = mark_uncollectible(ctx, invoice, reason=reason)
+    output(
+        invoice_view(done, None), as_json, f"invoice {done.number} marked uncollectible by {actor}"
+    )
+
+
+@invoices_app.command("resolve")
+@handle_errors
+def resolve(
+    invoice: str = typer.Argument(..., help="Invoice id or number."),
+    paid: bool = typer.Option(False, "--paid", help="Plexo took the money: the invoice is paid."),
+    not_charged: bool = typer.Option(
+        False, "--not-charged", help="No money moved: the invoice reopens and is charged again."
+    ),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Settle an attempt the reconciler cannot (e.g. Plexo answers 409 and finds nothing)."""
+    if paid == not_charged:
+        raise InvalidInput("give exactly one of --paid or --not-charged")
+    actor = _operator(by)
+    with open_context(settings(), actor=actor) as ctx:
+        done, attempt = resolve_invoice(ctx, invoice, paid=paid, reason=reason)
+    view = {**invoice_view(done, None, attempt), "resolved_by": actor}
+    what = "paid" if paid else "not charged: reopened"
+    output(view, as_json, f"invoice {done.number} attempt {attempt.reference_id} {what} by {actor}")
 
 
 def run_view(run: BillingRun, state: str | None = None) -> dict[str, Any]:

@@ -122,8 +122,14 @@ def run(
         daemon = Daemon(ctx)
         billing = daemon.billing_pass()
         reconciled = daemon.reconcile()
+        warned = daemon.expiry_warnings()
+    warnings = f"\n{warned} card expiry warning" + "s" * (warned != 1) + " sent" if warned else ""
     output(
-        {"billing_pass": summary_view(billing), "reconcile": summary_view(reconciled)},
+        {
+            "billing_pass": summary_view(billing),
+            "reconcile": summary_view(reconciled),
+            "expiry_warnings": warned,
+        },
         as_json,
-        render_summary(billing) + "\n" + render_summary(reconciled),
+        render_summary(billing) + "\n" + render_summary(reconciled) + warnings,
     )

@@ -255,6 +255,27 @@ def resume(
     )
 
 
+@app.command("uncancel")
+@handle_errors
+def uncancel(
+    subscription_id: int,
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the event log)."),
+    by: str | None = typer.Option(None, "--by", help="Who does it (default: the OS user)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Undo a cancel scheduled for the period end (cancel --at-period-end)."""
+    actor = operator_name(by)
+    with open_context(settings(), actor=actor) as ctx:
+        sub = svc.uncancel_subscription(ctx, subscription_id, reason=reason)
+        view = _views(ctx.engine, [sub])[0]
+    output(
+        view,
+        as_json,
+        f"subscription {subscription_id}: scheduled cancel undone by {actor}; next bill "
+        f"{_when(sub.next_billing_at)}",
+    )
+
+
 @app.command("release")
 @handle_errors
 def release(

@@ -10,6 +10,7 @@ import time
 from prometheus_client import start_http_server
 
 from billing import metrics
+from billing.daemon.callbacks import CallbackReceiver
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
@@ -62,11 +63,18 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
                 exc,
                 "BILLING_METRICS_PORT (0 turns it off)",
             ) from None
+    receiver = None
+    if cfg.callback_enabled:  # Plexo's payment callbacks: hints, confirmed with a GET
+        token = cfg.callback_token.get_secret_value()
+        receiver = CallbackReceiver(
+            daemon.ctx, cfg.callback_address, cfg.callback_port, token
+        ).start()
     scheduler = build_scheduler(
         daemon,
         tick_seconds=cfg.tick_seconds,
         reconcile_seconds=cfg.reconcile_seconds,
         reaper_seconds=cfg.reaper_seconds,
+        expiry_seconds=cfg.expiry_check_seconds,
     )
     scheduler.start()
     log_event(
@@ -76,6 +84,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         concurrency=daemon.ctx.concurrency,
         environment=cfg.plexo_environment,
         metrics_port=cfg.metrics_port,
+        callback_port=cfg.callback_port if receiver else None,
     )
     notify(f"READY=1\nSTATUS=billing on {node}")
     while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
@@ -87,6 +96,8 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
     stopper.start()
     stopper.join(cfg.stop_budget_seconds)
     finished = not stopper.is_alive()
+    if receiver is not None:
+        receiver.stop()
     daemon.release_leases()
     log_event(
         log,

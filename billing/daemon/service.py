@@ -21,6 +21,7 @@ from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.engine.billing_pass import RunSummary, run_billing_pass
 from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
+from billing.engine.expiry import send_expiry_warnings
 from billing.engine.reconcile import run_reconcile
 from billing.logs import log_event
 from billing.store.claims import reap_expired, release_all, try_singleton
@@ -77,6 +78,12 @@ class Daemon:
             )
         metrics.LAST_TICK.labels(job="reconcile").set(time.time())
         return summary
+
+    def expiry_warnings(self) -> int:
+        """Pre-dunning: warn about cards that expire before their next renewal."""
+        sent = send_expiry_warnings(self.ctx)
+        metrics.LAST_TICK.labels(job="expiry_warnings").set(time.time())
+        return sent
 
     def lease_reaper(self) -> int:
         """Singleton chore: free expired leases and refresh the backlog gauges."""

@@ -70,7 +70,8 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
 }
 
 INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
-    _I.open:          frozenset({_I.charging, _I.void, _I.paid}),
+    # open -> uncollectible: dunning gave up, or an operator wrote the debt off.
+    _I.open:          frozenset({_I.charging, _I.void, _I.paid, _I.uncollectible}),
     # charging -> open: the attempt was declined and a retry is scheduled.
     _I.charging:      frozenset({_I.paid, _I.open, _I.charging, _I.uncollectible}),
     _I.paid:          frozenset(),

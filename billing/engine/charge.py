@@ -153,6 +153,7 @@ def payment_request(
             "subscription": str(sub.id),
             "period": invoice.period_start.astimezone(ctx.tz).date().isoformat(),
         },
+        callback_url=ctx.callback_url,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -29,3 +29,7 @@ class BillingContext:
     resend_grace: timedelta = timedelta(seconds=120)
     # More due periods than this for one subscription in one pass: held for review, not billed.
     catchup_max_periods: int = 12
+    # Pre-dunning: warn this many days before a card expires (largest first); () = never.
+    expiry_warn_days: tuple[int, ...] = (30, 7)
+    # Sent as every payment's callbackUrl (it holds the receiver's secret token); None = off.
+    callback_url: str | None = field(default=None, repr=False)

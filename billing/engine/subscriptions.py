@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from billing.domain.cards import refuse_card_numbers
@@ -414,3 +415,48 @@ def release_subscription(
             first_skipped_index=first if skipped else None,
         )
         return sub, billed
+
+
+def uncancel_subscription(
+    ctx: BillingContext, subscription_id: int, *, reason: str | None
+) -> Subscription:
+    """Undo a cancel scheduled for the period end: billing goes on as before.
+
+    Compare-and-set on the flag and a live status, so a billing pass that is applying the
+    cancel right now (it cancels when the paid period ends) either wins, and this is refused,
+    or sees the flag cleared and bills the next period."""
+    reason = checked_reason(reason)
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        sub = (
+            s.get(Subscription, subscription_id, with_for_update=True)
+            if is_row_id(subscription_id)
+            else None
+        )
+        if sub is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        if sub.status == SubscriptionStatus.canceled:
+            raise Conflict(f"subscription {subscription_id} is already canceled; create a new one")
+        if not sub.cancel_at_period_end:
+            raise Conflict(f"subscription {subscription_id} has no cancel scheduled")
+        changed = s.exec(
+            update(Subscription)
+            .where(col(Subscription.id) == subscription_id)
+            .where(col(Subscription.cancel_at_period_end).is_(True))
+            .where(col(Subscription.status) != SubscriptionStatus.canceled)
+            .values(cancel_at_period_end=False, updated_at=now)
+        )
+        if changed.rowcount != 1:
+            s.rollback()
+            raise Conflict(f"subscription {subscription_id} changed meanwhile; look at it again")
+        record_event(
+            s,
+            at=now,
+            entity_type="subscription",
+            entity_id=subscription_id,
+            event="subscription.cancel_unscheduled",
+            actor=ctx.actor,
+            reason=reason,
+        )
+        s.refresh(sub)
+        return sub

@@ -287,6 +287,8 @@ class PaymentRequest(_Model):
     metadata: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
     statement_descriptor: str | None = None
+    # Where Plexo POSTs the payment when it settles (a hint we confirm with a GET).
+    callback_url: str | None = Field(default=None, repr=False)
 
     @field_validator("currency")
     @classmethod
@@ -314,6 +316,8 @@ class PaymentRequest(_Model):
         if self.statement_descriptor is not None:
             body["statementDescriptor"] = self.statement_descriptor
         body["metadata"] = dict(self.metadata)
+        if self.callback_url is not None:
+            body["callbackUrl"] = self.callback_url
         return body
 
 

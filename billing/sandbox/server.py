@@ -142,6 +142,7 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         if self._thread is None:
+            self.simulator.callbacks.start()
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever,
                 kwargs={"poll_interval": 0.1},  # how soon stop() is noticed
@@ -152,8 +153,9 @@ class SandboxServer:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, end any hanging fault, close the listening socket."""
+        """Stop accepting, end any hanging fault and callback retry, close the listening socket."""
         self._httpd.stopping.set()
+        self.simulator.callbacks.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)

@@ -51,6 +51,8 @@ A GET of a pending payment (by id, or as an item of a query page) counts as one 
 Sandbox control routes under /sandbox/ need NO authentication: they are a loopback test
 affordance (drive faults, read what was charged), never part of Plexo's contract:
   GET /sandbox/health, GET /sandbox/payments, POST /sandbox/reset,
+  POST /sandbox/payments/{id}/settle (a pending payment settles now; its callback goes out),
+  GET /sandbox/callbacks (every callback POST made, with the answer's status),
   GET/POST/DELETE /sandbox/faults, GET/POST /sandbox/config,
   POST /sandbox/sessions/{id}/complete, POST /sandbox/customers/{id}/instruments,
   GET/POST /sandbox/checkout/{id} (the hosted page of a tokenization session).
@@ -77,6 +79,7 @@ from urllib.parse import parse_qsl
 from billing.clock import Clock, SystemClock
 from billing.domain.money import CURRENCY_DIGITS, parse_amount
 from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
+from billing.sandbox.callbacks import CallbackSender
 from billing.sandbox.cards import (
     EXPIRED_CARD,
     INVALID_CARD,
@@ -267,6 +270,7 @@ class PlexoSimulator:
         self.clock: Clock = clock or SystemClock()
         self.public_url = public_url.rstrip("/") if public_url else None
         self.faults = FaultPlan(seed=seed)
+        self.callbacks = CallbackSender()
         self._lock = threading.RLock()
         self._fingerprint_key = secrets.token_bytes(32)
         self._trace = itertools.count(1)
@@ -312,6 +316,8 @@ class PlexoSimulator:
             [
                 ("GET", "/sandbox/health", self._health),
                 ("GET", "/sandbox/payments", self._control_payments),
+                ("POST", "/sandbox/payments/{payment_id}/settle", self._control_settle),
+                ("GET", "/sandbox/callbacks", self._control_callbacks),
                 ("POST", "/sandbox/reset", self._control_reset),
                 ("GET", "/sandbox/faults", self._control_get_faults),
                 ("POST", "/sandbox/faults", self._control_add_fault),
@@ -401,6 +407,7 @@ class PlexoSimulator:
             self._payments.clear()
             self._payment_refs.clear()
             self.faults.reset()
+            self.callbacks.clear()
 
     # ----- the one entry point -------------------------------------------------------------
 
@@ -919,6 +926,8 @@ class PlexoSimulator:
             self._payments[payment.id] = payment
             self._payment_refs[(merchant_id, reference_id)] = payment.id
             dto = self._payment_dto(payment)
+            if outcome.status != "pending":
+                self._notify(payment)
         if outcome.status == "denied" and self._decline_style == "error":
             raise ApiError(
                 402,
@@ -939,12 +948,36 @@ class PlexoSimulator:
             return
         payment.polls += 1
         if payment.polls >= self._pending_polls:
-            now = self.clock.now()
-            payment.outcome = payment.outcome.settles_to
-            payment.updated_at = now
-            payment.processed_at = now
-            if payment.outcome.status == "approved":
-                payment.authorization = _auth_code()
+            self._settle(payment)
+
+    def _settle(self, payment: _Payment) -> None:
+        """A pending payment reaches its final state, and its callback goes out."""
+        if payment.outcome.status != "pending" or payment.outcome.settles_to is None:
+            return
+        now = self.clock.now()
+        payment.outcome = payment.outcome.settles_to
+        payment.updated_at = now
+        payment.processed_at = now
+        if payment.outcome.status == "approved":
+            payment.authorization = _auth_code()
+        self._notify(payment)
+
+    def _notify(self, payment: _Payment) -> None:
+        """POST the PaymentDto to the payment's callbackUrl, if it gave one (at least once)."""
+        if payment.callback_url:
+            dto = self._payment_dto(payment)
+            self.callbacks.send(payment.callback_url, dumps(dto), dto)
+
+    def settle(self, payment_id: str) -> dict[str, Any]:
+        """Settle a pending payment now, as the processor would in time (sends its callback)."""
+        with self._lock:
+            payment = self._payments.get(payment_id)
+            if payment is None:
+                raise ApiError(404, "payment-not-found", f"Payment {payment_id} was not found.")
+            if payment.outcome.status != "pending":
+                raise ApiError(409, "payment-not-pending", f"Payment {payment_id} is final.")
+            self._settle(payment)
+            return self._payment_dto(payment, money_as_text=True)
 
     def _get_payment(self, _: SimRequest, args: dict[str, str]) -> SimResponse:
         with self._lock:
@@ -1072,6 +1105,22 @@ class PlexoSimulator:
     def _control_payments(self, _: SimRequest, __: dict[str, str]) -> SimResponse:
         return self._json_response(200, self.payments())
 
+    def _control_settle(self, _: SimRequest, args: dict[str, str]) -> SimResponse:
+        return self._json_response(200, self.settle(args["payment_id"]))
+
+    def _control_callbacks(self, _: SimRequest, __: dict[str, str]) -> SimResponse:
+        deliveries = [
+            {
+                "paymentId": d.payment_id,
+                "referenceId": d.reference_id,
+                "status": d.status,
+                "try": d.try_number,
+                "httpStatus": d.http_status,
+            }
+            for d in self.callbacks.deliveries()
+        ]
+        return self._json_response(200, deliveries)
+
     def _control_reset(self, _: SimRequest, __: dict[str, str]) -> SimResponse:
         self.reset()
         return self._no_content()
@@ -1111,6 +1160,8 @@ class PlexoSimulator:
             "duplicateMode": self._duplicate_mode,
             "declineStyle": self._decline_style,
             "pendingPolls": self._pending_polls,
+            "callbacks": self.callbacks.enabled,
+            "callbackDuplicates": self.callbacks.duplicates,
             "hangSeconds": self.faults.hang_seconds,
         }
 
@@ -1126,6 +1177,15 @@ class PlexoSimulator:
                 self.decline_style = body["declineStyle"]
             if "pendingPolls" in body:
                 self.pending_polls = body["pendingPolls"]
+            if "callbacks" in body:
+                if not isinstance(body["callbacks"], bool):
+                    raise InvalidInput("callbacks must be true or false")
+                self.callbacks.enabled = body["callbacks"]
+            if "callbackDuplicates" in body:
+                extra = body["callbackDuplicates"]
+                if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= 5:
+                    raise InvalidInput("callbackDuplicates must be an integer from 0 to 5")
+                self.callbacks.duplicates = extra
             if "hangSeconds" in body:
                 hang = body["hangSeconds"]
                 if isinstance(hang, bool) or not isinstance(hang, int | Decimal):

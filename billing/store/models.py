@@ -83,6 +83,22 @@ class PaymentInstrument(SQLModel, table=True):
     updated_at: datetime = _utc()
 
 
+class InstrumentWarning(SQLModel, table=True):
+    """A pre-dunning warning sent for a card: once per (card, expiry, days ahead), UNIQUE, so
+    a second daemon or a rerun cannot send it twice. A card whose expiry Plexo updates is a
+    new expiry and is warned about again."""
+
+    __tablename__ = "instrument_warning"
+    __table_args__ = (UniqueConstraint("instrument_id", "expires_at", "days_before"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    instrument_id: int = Field(foreign_key="payment_instrument.id", index=True)
+    expires_at: datetime = _utc()  # the first moment the card no longer works
+    days_before: int
+    subscription_id: int | None = Field(default=None, foreign_key="subscription.id")
+    sent_at: datetime = _utc()
+
+
 class Plan(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     code: str = Field(max_length=64, unique=True)

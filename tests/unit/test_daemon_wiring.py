@@ -22,6 +22,7 @@ class FakeDaemon:
     def billing_pass(self) -> None: ...
     def reconcile(self) -> None: ...
     def lease_reaper(self) -> None: ...
+    def expiry_warnings(self) -> None: ...
 
 
 def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
@@ -30,10 +31,16 @@ def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
         tick_seconds=60,
         reconcile_seconds=30,
         reaper_seconds=45,
+        expiry_seconds=3600,
     )
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper"}
-    for job_id, seconds in [("billing_pass", 60), ("reconcile", 30), ("lease_reaper", 45)]:
+    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper", "expiry_warnings"}
+    for job_id, seconds in [
+        ("billing_pass", 60),
+        ("reconcile", 30),
+        ("lease_reaper", 45),
+        ("expiry_warnings", 3600),
+    ]:
         job = jobs[job_id]
         assert job.coalesce is True
         assert job.max_instances == 1

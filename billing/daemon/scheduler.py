@@ -19,10 +19,15 @@ log = logging.getLogger("billing.daemon")
 
 
 def build_scheduler(
-    daemon: Daemon, *, tick_seconds: int, reconcile_seconds: int, reaper_seconds: int
+    daemon: Daemon,
+    *,
+    tick_seconds: int,
+    reconcile_seconds: int,
+    reaper_seconds: int,
+    notify_seconds: int = 10,
 ) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=3)},
+        executors={"default": ThreadPoolExecutor(max_workers=4)},
         timezone=UTC,
     )
     start = datetime.now(UTC)
@@ -30,6 +35,7 @@ def build_scheduler(
         ("billing_pass", daemon.billing_pass, tick_seconds),
         ("reconcile", daemon.reconcile, reconcile_seconds),
         ("lease_reaper", daemon.lease_reaper, reaper_seconds),
+        ("notify", daemon.notify, notify_seconds),
     ]
     for job_id, func, seconds in jobs:
         scheduler.add_job(

@@ -22,6 +22,7 @@ class FakeDaemon:
     def billing_pass(self) -> None: ...
     def reconcile(self) -> None: ...
     def lease_reaper(self) -> None: ...
+    def notify(self) -> None: ...
 
 
 def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
@@ -30,10 +31,12 @@ def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
         tick_seconds=60,
         reconcile_seconds=30,
         reaper_seconds=45,
+        notify_seconds=15,
     )
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper"}
-    for job_id, seconds in [("billing_pass", 60), ("reconcile", 30), ("lease_reaper", 45)]:
+    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper", "notify"}
+    schedule = [("billing_pass", 60), ("reconcile", 30), ("lease_reaper", 45), ("notify", 15)]
+    for job_id, seconds in schedule:
         job = jobs[job_id]
         assert job.coalesce is True
         assert job.max_instances == 1

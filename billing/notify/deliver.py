@@ -10,7 +10,10 @@ the event id, which never changes. Failures back off exponentially; after
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +28,7 @@ from billing.domain.notifications import EMAIL_TYPES, backoff
 from billing.engine.context import BillingContext
 from billing.logs import log_event
 from billing.notify.config import NotifyConfig
-from billing.notify.email import LANGUAGES, build_message, send_message
+from billing.notify.email import LANGUAGES, SMTP_TIMEOUT_SECONDS, build_message, send_message
 from billing.notify.webhook import DeliveryFailed, post_webhook
 from billing.store.db import session
 from billing.store.models import (
@@ -37,7 +40,7 @@ from billing.store.models import (
     Plan,
     Subscription,
 )
-from billing.store.outbox import claim_deliveries, fan_out, finish_delivery, release_deliveries
+from billing.store.outbox import claim_deliveries, fan_out, finish_delivery
 
 log = logging.getLogger("billing.notify")
 BATCH = 100
@@ -62,28 +65,43 @@ class Notifier:
         self.ctx = ctx
         self.cfg = cfg
         self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         if self._http is not None:
             self._http.close()
 
+    @property
+    def lease_seconds(self) -> int:
+        """Long enough for one try (its timeouts, twice), so that no other node sends the same
+        delivery while this one may still be sending it."""
+        longest = self.cfg.webhook_timeout_seconds
+        if self.cfg.email_enabled:
+            longest = max(longest, SMTP_TIMEOUT_SECONDS)
+        return max(self.ctx.lease_seconds, math.ceil(longest) * 2 + 5)
+
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> DeliverySummary:
-        """One job run: fan out, then deliver up to BATCH due deliveries."""
+        """One job run: fan out, then deliver up to BATCH due deliveries, `concurrency` at a
+        time (each small batch leased just before it is sent)."""
         ctx = self.ctx
         summary = DeliverySummary()
         summary.fanned_out = fan_out(ctx.engine, ctx.clock.now(), self.cfg.targets(), EMAIL_TYPES)
-        claimed = claim_deliveries(ctx.engine, ctx.node, ctx.clock.now(), ctx.lease_seconds, BATCH)
-        for delivery_id in claimed:
-            if should_stop():
-                release_deliveries(ctx.engine, ctx.node)
-                break
-            outcome = self.deliver_one(delivery_id)
-            if outcome == "delivered":
-                summary.delivered += 1
-            elif outcome == "dead":
-                summary.dead += 1
-            elif outcome == "pending":
-                summary.failed += 1
+        size = max(1, ctx.concurrency)
+        handled = 0
+        with ThreadPoolExecutor(max_workers=size, thread_name_prefix="notify") as pool:
+            while handled < BATCH and not should_stop():
+                now = ctx.clock.now()
+                claimed = claim_deliveries(ctx.engine, ctx.node, now, self.lease_seconds, size)
+                if not claimed:
+                    break
+                handled += len(claimed)
+                for outcome in pool.map(self.deliver_one, claimed):
+                    if outcome == "delivered":
+                        summary.delivered += 1
+                    elif outcome == "dead":
+                        summary.dead += 1
+                    elif outcome == "pending":
+                        summary.failed += 1
         self.refresh_gauges()
         return summary
 
@@ -149,10 +167,11 @@ class Notifier:
     def _webhook(self, delivery: OutboxDelivery, event: OutboxEvent) -> None:
         if delivery.target not in self.cfg.webhook_urls:
             raise Final("removed", "endpoint no longer configured")
-        if self._http is None:
-            self._http = httpx.Client(
-                timeout=self.cfg.webhook_timeout_seconds, follow_redirects=False
-            )
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    timeout=self.cfg.webhook_timeout_seconds, follow_redirects=False
+                )
         secret = self.cfg.webhook_secret.get_secret_value()
         post_webhook(self._http, delivery.target, event, secret, self.ctx.clock.now())
 

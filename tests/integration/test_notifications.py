@@ -6,8 +6,10 @@ On the test clock against the sandbox over HTTP, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -212,6 +214,36 @@ def test_a_leased_delivery_is_not_handed_to_a_second_node(env: Env) -> None:
     assert (
         fan_out(env.ctx.engine, later, [("webhook", "http://127.0.0.1:9/hook")], frozenset()) == 0
     )
+
+
+def test_two_nodes_delivering_at_once_send_each_event_once(
+    env: Env, receiver: WebhookReceiver
+) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 8, card=SOFT_DECLINE, prefix="two")
+    run_billing_pass(env.ctx)  # 8 x (payment_failed + past_due)
+    nodes = [
+        Notifier(dataclasses.replace(env.ctx, node=name, concurrency=2), hooks(receiver))
+        for name in ("node-a", "node-b")
+    ]
+    start = threading.Barrier(2)
+
+    def work(notifier: Notifier) -> None:
+        start.wait()
+        notifier.run()
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        for notifier in nodes:
+            notifier.close()
+    ids = [r.json["id"] for r in receiver.requests]
+    assert len(ids) == 16 and len(set(ids)) == 16  # every event sent, none twice
+    assert {d.state for d in deliveries(env)} == {"delivered"}
 
 
 def test_secrets_stay_out_of_logs_and_errors(

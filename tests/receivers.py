@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -96,14 +99,32 @@ class SmtpSink:
     port: int
     messages: list[EmailMessage] = field(default_factory=list)
     recipients: list[list[str]] = field(default_factory=list)
+    logins: int = 0
 
 
 @contextmanager
-def smtp_sink() -> Iterator[SmtpSink]:
-    """A real SMTP server (aiosmtpd) on loopback; what arrives is parsed into `messages`."""
+def smtp_sink(
+    tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
+) -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on loopback; what arrives is parsed into `messages`.
+
+    With `tls` it requires STARTTLS; with `login` it requires that user and password."""
     from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
 
     sink = SmtpSink(port=free_port())
+
+    def authenticate(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = (
+            login is not None
+            and isinstance(data, LoginPassword)
+            and (data.login.decode(), data.password.decode()) == login
+        )
+        if ok:
+            sink.logins += 1
+        return AuthResult(success=ok)
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -113,9 +134,28 @@ def smtp_sink() -> Iterator[SmtpSink]:
             sink.recipients.append(list(envelope.rcpt_tos))
             return "250 OK"
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=sink.port)
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options.update(tls_context=tls, require_starttls=True)
+    if login is not None:
+        options.update(authenticator=authenticate, auth_require_tls=tls is not None)
+    controller = Controller(Handler(), hostname="127.0.0.1", port=sink.port, **options)
     controller.start()
     try:
         yield sink
     finally:
         controller.stop()
+
+
+def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for 127.0.0.1 and the certificate file a client should trust."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert

@@ -7,11 +7,15 @@ On the test clock against the sandbox over HTTP, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import shutil
+import ssl
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from billing.engine.billing_pass import run_billing_pass
 from billing.engine.events import record_event
 from billing.engine.notifications import list_deliveries, redeliver
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.notify import email as email_module
 from billing.notify.config import NotifyConfig
 from billing.notify.deliver import Notifier
 from billing.store.db import session
@@ -31,7 +36,13 @@ from billing.store.models import Customer, Event, OutboxDelivery, OutboxEvent
 from billing.store.outbox import claim_deliveries, fan_out
 from billing.testing import ensure_plan, seed_subscriptions
 from tests.integration.conftest import Env
-from tests.receivers import SmtpSink, WebhookReceiver, smtp_sink, webhook_receiver
+from tests.receivers import (
+    SmtpSink,
+    WebhookReceiver,
+    self_signed_tls,
+    smtp_sink,
+    webhook_receiver,
+)
 from tests.unit.test_webhook_signature import readme_verify
 
 SECRET = "whsec-integration-0123456789"
@@ -172,6 +183,9 @@ def test_dead_letter_after_the_limit_then_redeliver(env: Env, receiver: WebhookR
         env.clock.advance(timedelta(seconds=5))
         notifier.run()
         assert {d.state for d in deliveries(env)} == {"dead"}
+        backlog = metrics.OUTBOX_BACKLOG.labels
+        assert backlog(channel="webhook", state="dead")._value.get() == 2
+        assert backlog(channel="webhook", state="pending")._value.get() == 0
         assert {d.last_error for d in deliveries(env)} == {"HTTP 500"}
         env.clock.advance(timedelta(hours=1))
         assert notifier.run().failed == 0  # dead stays dead
@@ -188,6 +202,7 @@ def test_dead_letter_after_the_limit_then_redeliver(env: Env, receiver: WebhookR
             redeliver(env.ctx, "12; DROP TABLE", "bad id")
         receiver.fail_next = 0
         assert notifier.run().delivered == 1
+        assert backlog(channel="webhook", state="dead")._value.get() == 1
     finally:
         notifier.close()
     assert receiver.accepted_ids() == [event_id]
@@ -324,3 +339,40 @@ def mail(sink: SmtpSink) -> NotifyConfig:
         smtp_starttls=False,  # loopback test server without TLS
         email_from="billing@shop.example",
     )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_email_over_starttls_with_a_login(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_tls, cert = self_signed_tls(tmp_path)
+    # The client verifies the server as usual; it only has to trust the test's own CA.
+    trusting = functools.partial(ssl.create_default_context, cafile=str(cert))
+    monkeypatch.setattr(email_module.ssl, "create_default_context", trusting)
+    password = "smtp-login-SECRET-7"
+    with smtp_sink(tls=server_tls, login=("billing", password)) as sink:
+        decline_one(env)
+        cfg = dataclasses.replace(
+            mail(sink), smtp_starttls=True, smtp_user="billing", smtp_password=SecretStr(password)
+        )
+        notifier = Notifier(env.ctx, cfg)
+        try:
+            assert notifier.run().delivered == 1
+        finally:
+            notifier.close()
+        assert sink.logins == 1 and len(sink.messages) == 1
+        # Without STARTTLS this server refuses: the delivery fails, nothing is sent.
+        decline_one_more(env)
+        plain = Notifier(env.ctx, dataclasses.replace(cfg, smtp_starttls=False))
+        try:
+            assert plain.run().failed == 1
+        finally:
+            plain.close()
+        assert len(sink.messages) == 1
+    errors = [d.last_error for d in deliveries(env) if d.last_error]
+    assert errors and all(password not in e for e in errors)
+
+
+def decline_one_more(env: Env) -> None:
+    seed_subscriptions(env.ctx, env.sandbox_url, 1, card=SOFT_DECLINE, prefix="more")
+    run_billing_pass(env.ctx)

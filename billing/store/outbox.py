@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from billing.clock import ensure_utc
 from billing.store.claims import IDS_PARAM, NOW_PARAM, UNTIL_PARAM, claim_rows
 from billing.store.db import session
-from billing.store.models import OutboxDelivery, OutboxEvent
+from billing.store.models import Customer, OutboxDelivery, OutboxEvent
 
 SELECT_DUE = """
 SELECT id FROM outbox_delivery
@@ -104,8 +104,21 @@ def fan_out(
             .limit(500)
             .with_for_update(skip_locked=True)
         ).all()
+        # The merchant's own id for the customer, read once for the batch; the payload is
+        # final from here on (every delivery and redelivery sends the same bytes).
+        wanted = {e.customer_id for e in events if e.customer_id is not None}
+        references = dict(
+            s.exec(
+                select(Customer.id, Customer.reference_id).where(col(Customer.id).in_(wanted))
+            ).all()
+        )
         made = 0
         for event in events:
+            if event.customer_id in references:
+                event.payload = {
+                    **event.payload,
+                    "customer_reference": references[event.customer_id],
+                }
             assert event.id is not None
             for channel, target in targets:
                 if channel == "email" and (

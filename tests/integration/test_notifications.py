@@ -109,7 +109,11 @@ def test_a_decline_writes_its_notifications_with_the_change_ids_only(env: Env) -
         "customer_reference",
         "reference_id",
     }
-    assert {"invoice_id", "subscription_id", "customer_reference"} <= set(failed.payload)
+    assert {"invoice_id", "subscription_id", "customer_id"} <= set(failed.payload)
+    # Fan-out adds the merchant's reference of the customer, once, before any delivery.
+    fan_out(env.ctx.engine, env.clock.now(), [("webhook", "http://127.0.0.1:9/")], frozenset())
+    failed = next(e for e in outbox(env) if e.type == "invoice.payment_failed")
+    assert failed.payload["customer_reference"] == "dun-00000"
     text = json.dumps([e.payload for e in events.values()])
     assert SOFT_DECLINE not in text and "token" not in text
     # Same transaction as the event log row: the log and the outbox agree.

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlmodel import col, select, update
 
+from billing.domain.notifications import NOTIFICATION_TYPES
+from billing.domain.text import escape
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.engine.subscriptions import checked_reason
@@ -54,10 +56,19 @@ def list_deliveries(
     limit: int = 100,
 ) -> list[DeliveryView]:
     """Newest events first, one line per delivery (an event not fanned out yet: one line)."""
+    if type_ is not None and type_ not in NOTIFICATION_TYPES:
+        raise InvalidInput(
+            f"unknown event type {escape(type_)!r}; use one of "
+            + ", ".join(sorted(NOTIFICATION_TYPES))
+        )
     if state is not None and state not in DELIVERY_STATES:
-        raise InvalidInput(f"unknown state {state!r}; use one of " + ", ".join(DELIVERY_STATES))
+        raise InvalidInput(
+            f"unknown state {escape(state)!r}; use one of " + ", ".join(DELIVERY_STATES)
+        )
     if channel is not None and channel not in CHANNELS:
-        raise InvalidInput(f"unknown channel {channel!r}; use one of " + ", ".join(CHANNELS))
+        raise InvalidInput(
+            f"unknown channel {escape(channel)!r}; use one of " + ", ".join(CHANNELS)
+        )
     if event_id is not None:
         _check_event_id(event_id)
     with session(ctx.engine) as s:
@@ -88,7 +99,9 @@ def redeliver(
     The event id stays the same, so a receiver that already has it can drop the copy."""
     _check_event_id(event_id)
     if channel is not None and channel not in CHANNELS:
-        raise InvalidInput(f"unknown channel {channel!r}; use one of " + ", ".join(CHANNELS))
+        raise InvalidInput(
+            f"unknown channel {escape(channel)!r}; use one of " + ", ".join(CHANNELS)
+        )
     reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:

@@ -105,6 +105,8 @@ def test_redeliver_records_who_and_why(env: dict[str, str]) -> None:
         (["events", "redeliver", "nope", "--reason", "x"], "an event id looks like evt_"),
         (["events", "redeliver", "evt_" + "d" * 32, "--reason", "x"], "no event evt_"),
         (["events", "list", "--state", "lost"], "unknown state 'lost'"),
+        (["events", "list", "--type", "invoice.nul\x00"], "unknown event type"),
+        (["events", "list", "--channel", "sms"], "unknown channel 'sms'"),
         (["events", "redeliver", EVENT_ID, "--reason", "x\x1b[31m"], "reason"),
     ],
 )

@@ -76,6 +76,26 @@ SUBSCRIPTIONS_HELD = Gauge(
     registry=REGISTRY,
 )
 
+OUTBOX_BACKLOG = Gauge(
+    "billing_outbox_deliveries",
+    "Notification deliveries waiting (pending) or dead-lettered, by channel (webhook, email).",
+    ["channel", "state"],
+    registry=REGISTRY,
+)
+NOTIFICATION_FAILURES = Counter(
+    "billing_notification_delivery_failures_total",
+    "Failed notification delivery tries by channel and reason (timeout, connect, http_4xx, "
+    "http_5xx, smtp, gateway, removed, no_recipient, error).",
+    ["channel", "reason"],
+    registry=REGISTRY,
+)
+NOTIFICATIONS_DELIVERED = Counter(
+    "billing_notifications_delivered_total",
+    "Notification deliveries the receiver accepted, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+
 
 def gateway_observer(route: str, status: int | None, seconds: float) -> None:
     """Hook for PlexoClient(on_response=...)."""

@@ -57,7 +57,13 @@ NOT_SETTINGS = frozenset(
 """BILLING_* variables that other parts read; the unknown-variable check leaves them alone."""
 SANDBOX_CLIENT_ID = "sandbox-client"
 SANDBOX_API_KEY = "sandbox-key"
-CREDENTIAL_FIELDS = ("plexo_api_key", "database_url", "callback_token")
+CREDENTIAL_FIELDS = (
+    "plexo_api_key",
+    "database_url",
+    "callback_token",
+    "webhook_secret",
+    "smtp_password",
+)
 """Settings that systemd may hand over as ``$CREDENTIALS_DIRECTORY/<name>``."""
 MASK = "********"
 
@@ -242,6 +248,24 @@ class Settings(BaseSettings):
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     log_format: LogFormat = "json"
+    # --- notifications (billing/notify/) ---
+    notify_seconds: int = Field(default=10, gt=0)
+    notify_max_attempts: int = Field(default=12, ge=1, le=100)
+    """Deliveries that failed this many times are dead-lettered (`billing events redeliver`)."""
+    notify_backoff_seconds: int = Field(default=30, gt=0)
+    """First retry delay; doubled after each failure, capped at 6 hours."""
+    webhook_urls: list[str] = Field(default_factory=list)
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_host: str | None = None
+    """None: no email to customers."""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_user: str | None = None
+    smtp_password: SecretStr = SecretStr("")
+    email_from: str | None = None
+    email_language: Literal["es", "en"] = "es"
+    """Language of customer emails unless the customer's metadata says "language"."""
 
     _origins: dict[str, Origin] | None = PrivateAttr(default=None)
 
@@ -457,6 +481,54 @@ class Settings(BaseSettings):
                 raise _invalid("must be an IP address or a host name such as 127.0.0.1") from None
         return value
 
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_webhook_urls(cls, value: object) -> object:
+        # The environment gives one string: URLs separated by commas or spaces.
+        if isinstance(value, str):
+            return [part for part in re.split(r"[,\s]+", value) if part]
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_webhook_urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for url in value:
+            try:
+                parts = urlsplit(url)
+            except ValueError:
+                raise _invalid("each must be an http:// or https:// URL") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _invalid("each must be an http:// or https:// URL")
+            if "@" in parts.netloc:
+                raise _invalid("must not carry user:password@ (requests are signed instead)")
+            if _is_production(info) and parts.scheme != "https":
+                raise _invalid("production requires https")
+            if len(url) > 500:
+                raise _invalid("each must be at most 500 characters")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        secret = value.get_secret_value()
+        if info.data.get("webhook_urls") and len(secret) < 16:
+            raise _invalid(
+                "must be at least 16 characters when BILLING_WEBHOOK_URLS is set "
+                "(environment, config file or the webhook_secret credential)"
+            )
+        return value
+
+    @field_validator("email_from")
+    @classmethod
+    def _check_email_from(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("smtp_host"):
+                raise _invalid("is required when BILLING_SMTP_HOST is set")
+            return None
+        if "@" not in value or any(c.isspace() or not c.isprintable() for c in value):
+            raise _invalid("must be an email address such as billing@example.com")
+        return value
+
     @property
     def expiry_warn_days_list(self) -> tuple[int, ...]:
         return parse_warn_days(self.expiry_warn_days)
@@ -668,7 +740,7 @@ def _shown(field: str, value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-URL_FIELDS = frozenset({"database_url", "plexo_base_url"})
+URL_FIELDS = frozenset({"database_url", "plexo_base_url", "webhook_urls"})
 
 
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^:/@]*(?::.*)?@")
@@ -736,6 +808,8 @@ def _display(settings: Settings, field: str) -> str | int | float | None:
         return MASK if value.get_secret_value() else "(unset)"
     if field in URL_FIELDS and isinstance(value, str):
         return redact_url(value)
+    if isinstance(value, list):
+        return ", ".join(redact_url(str(item)) for item in value)
     plain: str | int | float | None = value  # every other setting is one of these
     return plain
 

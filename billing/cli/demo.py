@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import typer
+from pydantic import SecretStr
 from sqlmodel import col, func, select
 
 from billing.cli.common import GLOBALS, print_json, progress, table
@@ -22,6 +23,9 @@ from billing.domain.money import to_major
 from billing.engine import customers, subscriptions
 from billing.engine.context import BillingContext
 from billing.errors import ConfigError, InvalidInput
+from billing.notify.config import NotifyConfig
+from billing.notify.deliver import Notifier
+from billing.notify.sink import WebhookSink
 from billing.sandbox.server import SandboxServer
 from billing.sandbox.simulator import PlexoSimulator
 from billing.settings import load_settings
@@ -30,6 +34,7 @@ from billing.store.migrate import upgrade
 from billing.store.models import ChargeAttempt, Invoice, Subscription
 from billing.wiring import make_plexo_client, open_context
 
+DEMO_WEBHOOK_SECRET = "demo-webhook-secret-not-for-production"
 DEMO_START = datetime(2026, 1, 31, 13, 0, tzinfo=UTC)  # 10:00 in Montevideo, a month end
 
 CUSTOMERS: list[dict[str, Any]] = [
@@ -146,7 +151,7 @@ def run_demo(months: int = 4, as_json: bool = False) -> None:
         cfg.plexo_client_id, cfg.plexo_api_key.get_secret_value(), cfg.plexo_merchant_id
     )
     clock = TestClock(DEMO_START)
-    with SandboxServer(simulator) as server:
+    with SandboxServer(simulator) as server, WebhookSink(DEMO_WEBHOOK_SECRET) as sink:
         plexo = make_plexo_client(cfg, server.url, clock)
         with (
             plexo,
@@ -154,9 +159,17 @@ def run_demo(months: int = 4, as_json: bool = False) -> None:
         ):
             _say(f"sandbox listening on {server.url}; store {database_url}")
             _seed(ctx, server.url)
-            daemon = Daemon(ctx)
-            runs = _simulate(ctx, daemon, simulator, clock, months, as_json)
+            hooks = NotifyConfig(
+                webhook_urls=(sink.url,), webhook_secret=SecretStr(DEMO_WEBHOOK_SECRET)
+            )
+            notifier = Notifier(ctx, hooks)
+            daemon = Daemon(ctx, notifier=notifier)
+            try:
+                runs = _simulate(ctx, daemon, simulator, clock, months, as_json)
+            finally:
+                notifier.close()
             summary = _final_summary(ctx, simulator, runs, state_dir, database_url)
+            summary["notifications_sent"] = sink.counts()
     if as_json:
         print_json(summary)
     else:
@@ -214,6 +227,7 @@ def _simulate(
             if not as_json:
                 _say("")
                 _say(render_summary(extra))
+        daemon.notify()  # webhooks to the demo's own loopback receiver
         if day % 30 == 0:
             progress(f"... simulated day {day} of {days}")
     return runs
@@ -266,4 +280,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
     _say(f"subscriptions by status: {states}")
     matches = "yes" if summary["ledger_matches_sandbox"] else "NO"
     _say(f"ledger equals the sandbox's approved payments: {matches}")
+    sent = ", ".join(f"{n} {kind}" for kind, n in summary["notifications_sent"].items())
+    _say(f"webhooks sent (signed, to a loopback receiver): {sent or 'none'}")
     _say(f"data lives in {summary['data']['directory']} ({summary['data']['database']})")

@@ -82,6 +82,10 @@ class BillingGroup(LazyGroup, OneLineGroup):
             "Billing runs: every pass or reconciler sweep that did work.",
             _attr("billing.cli.ledger", "runs_app"),
         ),
+        "events": Lazy(
+            "Notifications (webhooks, email) and their deliveries.",
+            _attr("billing.cli.events", "app"),
+        ),
         "config": Lazy("Inspect settings.", _attr("billing.cli.ops", "config_app")),
         "db": Lazy("Database schema.", _attr("billing.cli.ops", "db_app")),
     }

@@ -17,6 +17,8 @@ from billing.daemon.service import Daemon
 from billing.engine.runs import close_stale_runs
 from billing.errors import ListenFailed
 from billing.logs import configure_logging, log_event
+from billing.notify.config import NotifyConfig
+from billing.notify.deliver import Notifier
 from billing.settings import Settings
 from billing.wiring import node_name, open_context
 
@@ -34,7 +36,8 @@ def run_daemon(cfg: Settings) -> int:
         ctx.plexo.verify_credentials()
         # A run this node name left `running` belongs to a dead process (one process per name).
         close_stale_runs(ctx, own_node=True)
-        daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds)
+        notifier = Notifier(ctx, NotifyConfig.from_settings(cfg))
+        daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds, notifier=notifier)
         daemon.install_signal_handlers()
         collector = metrics.SubscriptionStateCollector(daemon.subscriptions_by_status)
         metrics.REGISTRY.register(collector)
@@ -42,6 +45,7 @@ def run_daemon(cfg: Settings) -> int:
             finished = _serve(cfg, daemon, node)
         finally:
             metrics.REGISTRY.unregister(collector)
+            notifier.close()
     if not finished:
         # Charges still in flight past the budget: their attempts are written ahead and their
         # leases end now, so leaving is as safe as a crash; don't wait for the threads at exit.
@@ -75,6 +79,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         reconcile_seconds=cfg.reconcile_seconds,
         reaper_seconds=cfg.reaper_seconds,
         expiry_seconds=cfg.expiry_check_seconds,
+        notify_seconds=cfg.notify_seconds,
     )
     scheduler.start()
     log_event(

@@ -25,9 +25,10 @@ def build_scheduler(
     reconcile_seconds: int,
     reaper_seconds: int,
     expiry_seconds: int = 3600,
+    notify_seconds: int = 10,
 ) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=4)},
+        executors={"default": ThreadPoolExecutor(max_workers=5)},
         timezone=UTC,
     )
     start = datetime.now(UTC)
@@ -36,6 +37,7 @@ def build_scheduler(
         ("reconcile", daemon.reconcile, reconcile_seconds),
         ("lease_reaper", daemon.lease_reaper, reaper_seconds),
         ("expiry_warnings", daemon.expiry_warnings, expiry_seconds),
+        ("notify", daemon.notify, notify_seconds),
     ]
     for job_id, func, seconds in jobs:
         scheduler.add_job(

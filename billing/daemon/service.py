@@ -24,9 +24,11 @@ from billing.engine.context import BillingContext
 from billing.engine.expiry import send_expiry_warnings
 from billing.engine.reconcile import run_reconcile
 from billing.logs import log_event
+from billing.notify.deliver import DeliverySummary, Notifier
 from billing.store.claims import reap_expired, release_all, try_singleton
 from billing.store.db import dialect_name, session
 from billing.store.models import ChargeAttempt, Invoice, Subscription
+from billing.store.outbox import release_deliveries
 
 log = logging.getLogger("billing.daemon")
 # An idle daemon still says it is alive in its log this often (metrics say it every scrape).
@@ -34,8 +36,14 @@ HEARTBEAT_SECONDS = 600.0
 
 
 class Daemon:
-    def __init__(self, ctx: BillingContext, stop_budget_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        ctx: BillingContext,
+        stop_budget_seconds: float = 30.0,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.notifier = notifier
         self.stop_budget_seconds = stop_budget_seconds
         self.stopping = threading.Event()
         self._last_log = time.monotonic()
@@ -84,6 +92,14 @@ class Daemon:
         sent = send_expiry_warnings(self.ctx)
         metrics.LAST_TICK.labels(job="expiry_warnings").set(time.time())
         return sent
+
+    def notify(self) -> DeliverySummary:
+        """Deliver the outbox (webhooks, email): fan out new events, send the due ones."""
+        if self.notifier is None:
+            return DeliverySummary()
+        summary = self.notifier.run(should_stop=self.stopping.is_set)
+        metrics.LAST_TICK.labels(job="notify").set(time.time())
+        return summary
 
     def lease_reaper(self) -> int:
         """Singleton chore: free expired leases and refresh the backlog gauges."""
@@ -146,6 +162,7 @@ class Daemon:
 
     def release_leases(self) -> int:
         released = release_all(self.ctx.engine, self.ctx.node, self.ctx.clock.now())
+        released += release_deliveries(self.ctx.engine, self.ctx.node)
         log_event(log, "lease.released", count=released)
         return released
 

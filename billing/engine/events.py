@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import Session
 
 from billing.engine.limits import REASON
+from billing.engine.outbox import add_notification
 from billing.store.models import Event
 
 
@@ -22,7 +23,10 @@ def record_event(
     reason: str | None = None,
     **data: Any,
 ) -> None:
-    """Add an event to the caller's transaction, so it commits (or not) with the change."""
+    """Add an event to the caller's transaction, so it commits (or not) with the change.
+
+    A notification type (domain/notifications.py) also gets its outbox row here, in the same
+    transaction (engine/outbox.py)."""
     session.add(
         Event(
             at=at,
@@ -35,4 +39,7 @@ def record_event(
             reason=reason[:REASON] if reason else reason,
             data=data,
         )
+    )
+    add_notification(
+        session, at=at, entity_type=entity_type, entity_id=entity_id, event=event, data=data
     )

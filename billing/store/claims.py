@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import BindParameter, Engine, Integer, bindparam, text
+from sqlalchemy import BindParameter, Engine, Integer, TextClause, bindparam, text
 from sqlalchemy.engine import Connection
 
 from billing.clock import ensure_utc
@@ -19,6 +19,8 @@ from billing.store.types import UTCDateTime
 _NOW = bindparam("now", type_=UTCDateTime())
 _UNTIL = bindparam("until", type_=UTCDateTime())
 _IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+# Shared with other leased tables (store/outbox.py).
+NOW_PARAM, UNTIL_PARAM, IDS_PARAM = _NOW, _UNTIL, _IDS
 
 # Claim, step 1: the due, unleased open invoices, oldest due first. PostgreSQL appends
 # FOR UPDATE SKIP LOCKED so concurrent claimers split the rows instead of waiting on each other.
@@ -83,11 +85,24 @@ def claim_invoices(
     engine: Engine, owner: str, now: datetime, lease_seconds: int, limit: int
 ) -> list[int]:
     """Lease up to `limit` due open invoices to `owner`; returns the ids truly claimed, in order."""
+    return claim_rows(engine, SELECT_CLAIMABLE, CLAIM, owner, now, lease_seconds, limit)
+
+
+def claim_rows(
+    engine: Engine,
+    select_sql: str,
+    claim: TextClause,
+    owner: str,
+    now: datetime,
+    lease_seconds: int,
+    limit: int,
+) -> list[int]:
+    """The lease pattern for any table: select candidates (PostgreSQL: FOR UPDATE SKIP LOCKED),
+    then compare-and-set them to `owner` (`claim` repeats the predicate, RETURNING id)."""
     if lease_seconds <= 0 or limit <= 0:
         raise ValueError("lease_seconds and limit must be positive")
     now = ensure_utc(now, "claim time")
     until = now + timedelta(seconds=lease_seconds)
-    select_sql = SELECT_CLAIMABLE
     if engine.dialect.name == "postgresql":
         select_sql += " FOR UPDATE SKIP LOCKED"
     select = text(select_sql).bindparams(_NOW).columns(id=Integer)
@@ -96,8 +111,8 @@ def claim_invoices(
         if not candidates:
             return []
         params = {"ids": candidates, "owner": owner, "now": now, "until": until}
-        claimed = set(conn.execute(CLAIM, params).scalars())
-    return [invoice_id for invoice_id in candidates if invoice_id in claimed]
+        claimed = set(conn.execute(claim, params).scalars())
+    return [row_id for row_id in candidates if row_id in claimed]
 
 
 def release_lease(engine: Engine, invoice_id: int, owner: str) -> bool:

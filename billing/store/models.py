@@ -262,3 +262,51 @@ class Event(SQLModel, table=True):
     actor: str = Field(max_length=128)
     reason: str | None = Field(default=None, max_length=500)
     data: dict[str, Any] = _json()
+
+
+class OutboxEvent(SQLModel, table=True):
+    """A notification written in the transaction of the change that caused it (the outbox).
+
+    `event_id` is what receivers see and dedupe on: stable across every redelivery.
+    `payload` holds identifiers only. `fanned_out_at` is set once its deliveries exist.
+    """
+
+    __tablename__ = "outbox_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=40, unique=True)
+    type: str = Field(max_length=64, index=True)
+    created_at: datetime = _utc()
+    entity_type: str = Field(max_length=32)
+    entity_id: int
+    customer_id: int | None = Field(default=None, foreign_key="customer.id")
+    payload: dict[str, Any] = _json()
+    fanned_out_at: datetime | None = _utc(nullable=True, index=True)
+
+
+class OutboxDelivery(SQLModel, table=True):
+    """One outbox event to one receiver (a webhook endpoint, or the customer's email).
+
+    state: pending -> delivered | dead (after the attempt limit); `events redeliver` puts a
+    delivered or dead one back to pending. Leased like invoices (store/claims.py).
+    """
+
+    __tablename__ = "outbox_delivery"
+    __table_args__ = (
+        UniqueConstraint("outbox_id", "channel", "target"),
+        Index("ix_outbox_delivery_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox_event.id", index=True)
+    channel: str = Field(max_length=16)  # webhook | email
+    target: str = Field(max_length=500)  # the endpoint URL, or "customer" for email
+    state: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _utc(nullable=True)
+    last_error: str | None = Field(default=None, max_length=200)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = _utc(nullable=True)
+    delivered_at: datetime | None = _utc(nullable=True)
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()

@@ -53,3 +53,10 @@ def test_the_wheel_installs_and_migrates_and_runs_the_demo_from_an_empty_folder(
     assert f"current {head}, head {head}" in current, current
     demo = _run([billing, "demo", "--months", "2"], empty, env)
     assert "paid" in demo or "approved" in demo, demo
+    # The email templates are package data: the wheel carries them.
+    probe = (
+        "from billing.notify.email import render\n"
+        "print(render('invoice.payment_failed', 'en', {})[0])"
+    )
+    subject = _run([venv / "bin" / "python", "-c", probe], empty, env)
+    assert "We could not charge" in subject, subject

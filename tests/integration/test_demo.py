@@ -26,6 +26,9 @@ def test_demo_bills_months_and_matches_the_sandbox(
     assert summary["subscriptions"] == {"active": 3, "past_due": 1}  # one card declines
     assert summary["unpaid_invoices"] >= 3
     assert set(summary["charged"]) == {"UYU", "USD"}
+    # Signed webhooks to the demo's own receiver, one per distinct event id.
+    sent = summary["notifications_sent"]
+    assert sent["invoice.paid"] >= 4 and sent["invoice.payment_failed"] >= 1
     assert Path(summary["data"]["directory"]) == tmp_path / ".state" / "demo"
     assert (tmp_path / ".state" / "demo" / "billing.sqlite3").exists()
     assert (tmp_path / ".state" / "demo" / MARKER).is_file()

@@ -23,6 +23,7 @@ class FakeDaemon:
     def reconcile(self) -> None: ...
     def lease_reaper(self) -> None: ...
     def expiry_warnings(self) -> None: ...
+    def notify(self) -> None: ...
 
 
 def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
@@ -32,15 +33,18 @@ def test_jobs_are_coalesced_single_instance_with_a_real_grace_time() -> None:
         reconcile_seconds=30,
         reaper_seconds=45,
         expiry_seconds=3600,
+        notify_seconds=15,
     )
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper", "expiry_warnings"}
-    for job_id, seconds in [
+    assert set(jobs) == {"billing_pass", "reconcile", "lease_reaper", "expiry_warnings", "notify"}
+    schedule = [
         ("billing_pass", 60),
         ("reconcile", 30),
         ("lease_reaper", 45),
         ("expiry_warnings", 3600),
-    ]:
+        ("notify", 15),
+    ]
+    for job_id, seconds in schedule:
         job = jobs[job_id]
         assert job.coalesce is True
         assert job.max_instances == 1

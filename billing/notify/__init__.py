@@ -1,0 +1,1 @@
+"""Delivering the outbox: webhooks to the merchant, email to the customer (a daemon job)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 
 from billing.clock import Clock
+from billing.domain.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the client (httpx, TLS) is imported only by commands that call Plexo
     from billing.plexo.client import PlexoClient
@@ -29,3 +30,7 @@ class BillingContext:
     resend_grace: timedelta = timedelta(seconds=120)
     # More due periods than this for one subscription in one pass: held for review, not billed.
     catchup_max_periods: int = 12
+    # What happens after a decline (domain/retry.py); snapshotted into invoices.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A payment pending longer than this is flagged for a person instead of polled forever.
+    pending_max: timedelta = timedelta(days=3)

@@ -39,7 +39,7 @@ AGREED: dict[str, dict[str, set[str]]] = {
         "declined": set(),
     },
     "invoice": {
-        "open": {"charging", "void", "paid"},
+        "open": {"charging", "void", "paid", "uncollectible"},
         "charging": {"paid", "open", "charging", "uncollectible"},
         "paid": set(),
         "void": set(),

@@ -111,7 +111,7 @@ def _write_ahead(
         sub = s.get(Subscription, invoice.subscription_id)
         customer = s.get(Customer, invoice.customer_id)
         assert sub is not None and customer is not None
-        instrument = choose_card(s, sub, invoice, fallback=_fallback(ctx, invoice))
+        instrument = choose_card(s, sub, invoice, fallback=fallback_allowed(ctx, invoice))
         if instrument is None and invoice.retry_schedule is not None:
             # A retry with no card left that may be charged: the chain ends here.
             s.refresh(sub, with_for_update=True)
@@ -191,7 +191,7 @@ def payment_request(
     )
 
 
-def _fallback(ctx: BillingContext, invoice: Invoice) -> bool:
+def fallback_allowed(ctx: BillingContext, invoice: Invoice) -> bool:
     """Instrument fallback as snapshotted in the invoice's chain, else the current setting."""
     if invoice.retry_schedule is not None:
         return bool(invoice.retry_schedule.get("instrument_fallback", True))

@@ -22,7 +22,9 @@ so a settings change does not rewrite a chain already running.
 
 The caps (`check_caps`) are card-network rules that no setting can loosen: a card that had a
 hard decline is never charged again; at most 15 declined attempts per card in 30 days (Visa) and
-10 in 24 hours (Mastercard), across all invoices of that card; any retry-after advice honoured.
+10 in 24 hours (Mastercard), across all invoices of that card; any retry-after advice honoured;
+and one charge of a card at a time, so that each sees the answer to the one before (unresolved
+attempts count as declines until they are resolved).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ CAP_DECLINES_30D = 15
 CAP_DECLINES_24H = 10
 WINDOW_30D = timedelta(days=30)
 WINDOW_24H = timedelta(hours=24)
+IN_FLIGHT_WAIT = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,12 @@ class CardHistory:
     declines_30d: int  # the same over 30 days
     oldest_24h: datetime | None = None  # the oldest of those, to say when the cap frees
     oldest_30d: datetime | None = None
+    in_flight: bool = False  # another attempt on this card is being sent right now
 
 
 @dataclass(frozen=True)
 class CapRefusal:
-    cap: str  # hard_decline | 24h | 30d | retry_after
+    cap: str  # hard_decline | in_flight | retry_after | 24h | 30d
     message: str
     until: datetime | None  # when the attempt could be made (None: never on this card)
 
@@ -203,6 +207,11 @@ def check_caps(
     """
     if history.hard_declined:
         return CapRefusal("hard_decline", "the card had a never-retry decline", None)
+    if history.in_flight:
+        # One charge of a card at a time: the next one must see this one's answer.
+        return CapRefusal(
+            "in_flight", "another charge of this card is in flight", now + IN_FLIGHT_WAIT
+        )
     if retry_not_before is not None and now < retry_not_before:
         return CapRefusal("retry_after", "the gateway asked to retry later", retry_not_before)
     if history.declines_24h >= CAP_DECLINES_24H:

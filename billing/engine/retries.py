@@ -44,9 +44,17 @@ def card_history(s: Session, instrument_id: int, now: datetime) -> CardHistory:
         ).one()
         return int(count), oldest
 
+    sending = s.exec(
+        select(ChargeAttempt.id)
+        .where(ChargeAttempt.instrument_id == instrument_id)
+        .where(ChargeAttempt.state == AttemptState.sending)
+        .limit(1)
+    ).first()
     day, oldest_day = window(now - WINDOW_24H)
     month, oldest_month = window(now - WINDOW_30D)
-    return CardHistory(hard is not None, day, month, oldest_day, oldest_month)
+    return CardHistory(
+        hard is not None, day, month, oldest_day, oldest_month, in_flight=sending is not None
+    )
 
 
 def hard_declined_cards(s: Session, customer_id: int) -> set[int]:
@@ -116,7 +124,11 @@ def other_card_left(s: Session, sub: Subscription, declined_card: int | None) ->
 def cap_refusal(
     s: Session, invoice: Invoice, instrument_id: int, now: datetime
 ) -> CapRefusal | None:
-    """The card-network cap one more attempt of `invoice` on this card would break, if any."""
+    """The card-network cap one more attempt of `invoice` on this card would break, if any.
+
+    The card's row is locked first (PostgreSQL; SQLite holds the database lock), so two
+    writers cannot both see room for one more attempt."""
+    s.get(PaymentInstrument, instrument_id, with_for_update=True)
     return check_caps(card_history(s, instrument_id, now), now, invoice.retry_not_before)
 
 

@@ -389,6 +389,13 @@ class PlexoSimulator:
         except ApiError as exc:
             raise _billing_error(exc) from None
 
+    def set_card_outcome(self, token: str, outcome: CardOutcome) -> None:
+        """Test affordance (in-process only): what the next charges of this token do, e.g. a
+        random decline sequence thrown at one card."""
+        with self._lock:
+            instrument = self._instruments[token]
+            instrument.card = replace(instrument.card, outcome=outcome)
+
     def payments(self) -> list[dict[str, Any]]:
         """Every recorded payment (PaymentDto shape, amounts as text like "590.00"), oldest first.
 

@@ -58,8 +58,6 @@ UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
 # First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
 FIRST_CHECK_DELAY = timedelta(seconds=5)
 MAX_CHECK_DELAY_SECONDS = 3600.0
-# A request that was refused before any money moved (validation, auth) is tried again later.
-NOT_CHARGED_RETRY = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import select
 from typer.testing import CliRunner
 
 from billing.cli.main import app
 from billing.sandbox.server import SandboxServer
 from billing.sandbox.simulator import PlexoSimulator
+from billing.store.db import make_engine, session
 from billing.store.migrate import upgrade
+from billing.store.models import Event
 from tests.integration.conftest import table_counts
 
 
@@ -86,8 +89,14 @@ def test_retry_now_then_the_24_hour_cap_refuses_in_one_line(cli: Cli) -> None:
     assert table_counts(cli.db_url) == before  # nothing written
     with httpx.Client(base_url=cli.sandbox_url) as http:
         assert len(http.get("/sandbox/payments").json()) == 10
-    events = cli.ok("subscriptions", "show", "1")["dunning"]
-    assert events["attempt"] == 10
+    assert cli.ok("subscriptions", "show", "1")["dunning"]["attempt"] == 10
+    engine = make_engine(cli.db_url)
+    with session(engine) as s:
+        asked = s.exec(select(Event).where(Event.event == "invoice.retry_requested")).all()
+        sent = s.exec(select(Event).where(Event.event == "attempt.sending")).all()
+    engine.dispose()
+    assert {(e.actor, e.reason) for e in asked} == {("ana", "customer called")} and len(asked) == 9
+    assert [e.actor for e in sent].count("ana") == 9  # the attempts were made as ana
 
 
 def test_retry_of_a_paid_invoice_is_refused(cli: Cli) -> None:

@@ -339,3 +339,42 @@ def test_card_added_through_the_update_link_is_used_by_the_next_retry(env: Env) 
     ]
     assert sub_of(env, sub_id).status == "active"
     assert events(env)["subscription.recovered"] == 1
+
+
+def test_without_fallback_a_hard_decline_ends_the_chain(env: Env) -> None:
+    env.ctx.retry = replace(env.ctx.retry, instrument_fallback=False)
+    sub_id = one_subscription(env, STOLEN)
+    add_card(env, sub_id, APPROVING_CARD)
+    run_billing_pass(env.ctx)
+    [invoice] = invoices_of(env, sub_id)
+    assert invoice.status == "uncollectible"
+    assert len(attempts_of(env, invoice.id)) == 1 and approved_at_sandbox(env) == []
+    assert sub_of(env, sub_id).status == "unpaid"
+
+
+def test_retry_after_advice_on_a_decline_is_honoured_by_every_path(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing.engine.dunning import retry_invoice
+    from billing.errors import Conflict
+
+    real = env.ctx.plexo.create_payment
+
+    def advised(request: object) -> object:
+        outcome = real(request)  # type: ignore[arg-type]
+        return replace(outcome, retry_after=2 * 86400.0)  # capped to an hour
+
+    monkeypatch.setattr(env.ctx.plexo, "create_payment", advised)
+    sub_id = one_subscription(env, SOFT)
+    run_billing_pass(env.ctx)
+    [invoice] = invoices_of(env, sub_id)
+    assert invoice.retry_not_before == START + timedelta(hours=1)
+    assert invoice.next_attempt_at == SLOTS[0]  # the slot is later than the advice
+    env.clock.set(START + timedelta(minutes=30))
+    with pytest.raises(Conflict, match="cap retry_after"):
+        retry_invoice(env.ctx, invoice.number, "too early")
+    env.clock.set(START + timedelta(hours=1))
+    done = retry_invoice(env.ctx, invoice.number, "after the advice")
+    assert done.attempt_number == 2
+    [requested] = event_rows(env, "invoice.retry_requested")
+    assert (requested.actor, requested.reason) == ("test", "after the advice")

@@ -200,14 +200,17 @@ def _sync_before_retry(ctx: BillingContext, invoice_id: int) -> None:
     """A retry of a past_due customer first mirrors their cards from Plexo, so a card added
     through the update link is used. Best effort: a gateway failure leaves the cards we have."""
     with session(ctx.engine) as s:
-        invoice = s.get(Invoice, invoice_id)
-        if invoice is None or invoice.attempt_count == 0 or invoice.lease_owner != ctx.node:
-            return
-        sub = s.get(Subscription, invoice.subscription_id)
-        customer = s.get(Customer, invoice.customer_id)
-        if sub is None or customer is None or sub.status != SubscriptionStatus.past_due:
-            return
-        reference = customer.reference_id
+        reference = s.exec(
+            select(Customer.reference_id)
+            .join(Invoice, col(Invoice.customer_id) == col(Customer.id))
+            .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
+            .where(col(Invoice.id) == invoice_id)
+            .where(col(Invoice.attempt_count) > 0)
+            .where(col(Invoice.lease_owner) == ctx.node)
+            .where(col(Subscription.status) == SubscriptionStatus.past_due)
+        ).first()
+    if reference is None:
+        return
     try:
         sync_instruments(ctx, reference)
     except (PlexoError, BillingError) as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import and_, case, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from billing.domain.declines import DeclineClass
@@ -26,34 +27,35 @@ _COUNTED = (
 
 
 def card_history(s: Session, instrument_id: int, now: datetime) -> CardHistory:
-    """The card's never-retry answers and recent declines, across all invoices."""
-    hard = s.exec(
-        select(ChargeAttempt.id)
-        .where(ChargeAttempt.instrument_id == instrument_id)
-        .where(ChargeAttempt.state == AttemptState.declined)
-        .where(ChargeAttempt.decline_class == DeclineClass.hard)
-        .limit(1)
-    ).first()
-
-    def window(since: datetime) -> tuple[int, datetime | None]:
-        count, oldest = s.exec(
-            select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at))
-            .where(ChargeAttempt.instrument_id == instrument_id)
-            .where(col(ChargeAttempt.state).in_([str(x) for x in _COUNTED]))
-            .where(ChargeAttempt.created_at > since)
-        ).one()
-        return int(count), oldest
-
-    sending = s.exec(
-        select(ChargeAttempt.id)
-        .where(ChargeAttempt.instrument_id == instrument_id)
-        .where(ChargeAttempt.state == AttemptState.sending)
-        .limit(1)
-    ).first()
-    day, oldest_day = window(now - WINDOW_24H)
-    month, oldest_month = window(now - WINDOW_30D)
+    """The card's never-retry answers, its charge in flight and its recent declines, across
+    all invoices: one query over the card's attempts (ix_charge_attempt_card_recent)."""
+    a = ChargeAttempt
+    counted = col(a.state).in_([str(x) for x in _COUNTED])
+    recent_day = and_(counted, col(a.created_at) > now - WINDOW_24H)
+    recent_month = and_(counted, col(a.created_at) > now - WINDOW_30D)
+    hard = and_(col(a.state) == AttemptState.declined, col(a.decline_class) == DeclineClass.hard)
+    row = (
+        s.connection()
+        .execute(
+            sa_select(
+                func.count(case((hard, 1))),
+                func.count(case((col(a.state) == AttemptState.sending, 1))),
+                func.count(case((recent_day, 1))),
+                func.min(case((recent_day, col(a.created_at)))),
+                func.count(case((recent_month, 1))),
+                func.min(case((recent_month, col(a.created_at)))),
+            ).where(col(a.instrument_id) == instrument_id)
+        )
+        .one()
+    )
+    hard_count, sending, day, oldest_day, month, oldest_month = row
     return CardHistory(
-        hard is not None, day, month, oldest_day, oldest_month, in_flight=sending is not None
+        bool(hard_count),
+        int(day),
+        int(month),
+        oldest_day,
+        oldest_month,
+        in_flight=bool(sending),
     )
 
 

@@ -42,6 +42,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from billing.domain.retry import parse_days
 from billing.errors import ConfigError
 
 ENV_PREFIX = "BILLING_"
@@ -69,6 +70,7 @@ MASK = "********"
 
 PlexoEnvironment = Literal["sandbox", "testing", "production"]
 LogFormat = Literal["json", "logfmt"]
+FinalActionName = Literal["cancel_now", "cancel_at_period_end", "mark_unpaid", "pause"]
 Origin = Literal["default", "env", "file", "credential", "explicit"]
 """Where a value came from; "explicit" = passed to ``Settings()`` directly (env or argument)."""
 
@@ -244,6 +246,17 @@ class Settings(BaseSettings):
     """The unguessable path segment of the callback URL; also a systemd credential."""
     callback_public_url: str | None = None
     """The base URL Plexo reaches the receiver at (a reverse proxy); default its own address."""
+    # Retries and dunning (domain/retry.py): snapshotted into an invoice at its first failure.
+    retry_soft_days: str = "1,3,5,7"
+    """Soft declines retry this many days after the first failure (increasing, 1-60)."""
+    retry_hour: int | None = Field(default=None, ge=0, le=23)
+    """Local business hour of retries; unset: the local hour of the invoice's first attempt."""
+    retry_invalid_request_minutes: int = Field(default=15, ge=1, le=1440)
+    retry_invalid_request_max: int = Field(default=8, ge=1, le=100)
+    dunning_final_action: FinalActionName = "mark_unpaid"
+    instrument_fallback: bool = True
+    pending_max_days: int = Field(default=3, ge=1, le=60)
+    """A payment pending longer than this stops being polled and is flagged for a person."""
     node_name: str = Field(default_factory=default_node_name)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -463,6 +476,15 @@ class Settings(BaseSettings):
         if production and parts.scheme != "https":
             raise _invalid("must be https:// in production (the URL carries the secret token)")
         return value.rstrip("/")
+
+    @field_validator("retry_soft_days")
+    @classmethod
+    def _check_soft_days(cls, value: str) -> str:
+        try:
+            parse_days(value)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
+        return value
 
     @field_validator("node_name")
     @classmethod

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from billing.clock import Clock, SystemClock
+from billing.domain.retry import FinalAction, RetryPolicy, parse_days
 from billing.engine.context import BillingContext
 from billing.engine.store_rules import check_clock, check_timezone
 from billing.errors import ConfigError
@@ -77,6 +78,17 @@ class DeferredPlexoClient:
             self._client.close()
 
 
+def retry_policy(cfg: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        soft_days=parse_days(cfg.retry_soft_days),
+        retry_hour=cfg.retry_hour,
+        invalid_request_minutes=cfg.retry_invalid_request_minutes,
+        invalid_request_max=cfg.retry_invalid_request_max,
+        final_action=FinalAction(cfg.dunning_final_action),
+        instrument_fallback=cfg.instrument_fallback,
+    )
+
+
 @contextmanager
 def open_context(
     cfg: Settings,
@@ -123,6 +135,8 @@ def open_context(
             catchup_max_periods=cfg.catchup_max_periods,
             expiry_warn_days=cfg.expiry_warn_days_list,
             callback_url=cfg.callback_url,
+            retry=retry_policy(cfg),
+            pending_max=timedelta(days=cfg.pending_max_days),
         )
         if require_schema and not billing_work:
             # First use is the first command that succeeded (a refused one changes nothing);

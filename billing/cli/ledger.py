@@ -308,3 +308,42 @@ def list_runs(
     ]
     columns = [*keys, "outcomes"]
     output(views, as_json, table(rows, columns))
+
+
+@invoices_app.command("retry")
+@handle_errors
+def retry_invoice(
+    invoice: str = typer.Argument(..., help="Invoice number (INV-...) or id."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the event log)."),
+    by: str | None = typer.Option(None, "--by", help="Who retries it (default: the OS user)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Charge an open invoice now, within the card-network caps (refused naming the cap)."""
+    from billing.cli.subscriptions import operator_name
+    from billing.engine.dunning import retry_invoice as retry
+
+    actor = operator_name(by)
+    with open_context(settings(), actor=actor) as ctx:
+        result = retry(ctx, invoice, reason)
+    view = {
+        "number": result.invoice_number,
+        "attempt": result.attempt_number,
+        "outcome": result.outcome,
+        "reference_id": result.reference_id,
+        "decline_code": result.decline_code,
+        "decline_class": result.decline_class,
+        "status": result.invoice_status,
+        "next_attempt_at": result.next_attempt_at,
+    }
+    text = f"invoice {result.invoice_number} attempt {result.attempt_number} by {actor}: "
+    text += result.outcome
+    if result.outcome == "declined":
+        text += f" {result.decline_code} ({result.decline_class})"
+        text += (
+            f"; next retry {local_time(result.next_attempt_at)}"
+            if result.next_attempt_at
+            else f"; invoice {result.invoice_status}"
+        )
+    elif result.outcome in ("unknown", "pending"):
+        text += ": the reconciler asks Plexo before anything else is sent"
+    output(view, as_json, text)

@@ -175,13 +175,30 @@ def backdate_notice(periods: int, cap: int) -> str:
 @app.command("show")
 @handle_errors
 def show(subscription_id: int, as_json: bool = JsonOption) -> None:
-    """Show one subscription."""
+    """Show one subscription, with its dunning stage while a retry chain runs."""
+    from billing.engine.dunning import dunning_stage
+
     with open_context(settings()) as ctx:
         with session(ctx.engine) as s:
             sub = svc.get_subscription(s, subscription_id)
-        view = _views(ctx.engine, [sub])[0]
-    text = "\n".join(f"{k:<22} {cell(v)}" for k, v in view.items() if v is not None)
-    output(view, as_json, text)
+            stage = dunning_stage(s, sub)
+        view = {**_views(ctx.engine, [sub])[0], "dunning": stage}
+    lines = [f"{k:<22} {cell(v)}" for k, v in view.items() if v is not None and k != "dunning"]
+    if stage is not None:
+        lines.append(f"{'dunning':<22} {dunning_line(stage)}")
+    output(view, as_json, "\n".join(lines))
+
+
+def dunning_line(stage: dict[str, Any]) -> str:
+    """ "attempt 2 of 5, next retry 2026-03-04 09:00 -03, then mark_unpaid" for people."""
+    nxt = stage["next_retry_at"]
+    when = f"next retry {local_time(nxt)}" if nxt is not None else "no retry scheduled"
+    line = f"invoice {stage['invoice']}: attempt {stage['attempt']} of {stage['of']}, {when}"
+    line += f", last decline {stage['last_decline']}" if stage["last_decline"] else ""
+    line += f", final action {stage['final_action']}"
+    if stage["attention"]:
+        line += f" (needs attention: {stage['attention']})"
+    return line
 
 
 @app.command("list")

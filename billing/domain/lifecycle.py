@@ -70,7 +70,7 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
 }
 
 INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
-    # open -> uncollectible: dunning gave up, or an operator wrote the debt off.
+    # open -> uncollectible: the retry chain ended (dunning's final action) or a person said so.
     _I.open:          frozenset({_I.charging, _I.void, _I.paid, _I.uncollectible}),
     # charging -> open: the attempt was declined and a retry is scheduled.
     _I.charging:      frozenset({_I.paid, _I.open, _I.charging, _I.uncollectible}),

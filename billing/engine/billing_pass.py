@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlmodel import col, select
+
 from billing import metrics
 from billing.engine.charge import AttemptResult, charge_invoice
 from billing.engine.context import BillingContext
@@ -18,6 +20,8 @@ from billing.engine.invoicing import create_due_invoices
 from billing.engine.runs import COMPLETED, INTERRUPTED, RunTracker, close_stale_runs
 from billing.logs import log_event
 from billing.store.claims import claim_invoices
+from billing.store.db import session
+from billing.store.models import Invoice
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,16 @@ def run_billing_pass(
                 if not claimed:
                     state = COMPLETED
                     break
-                for result in pool.map(
-                    lambda i: _charge_safely(ctx, i, should_stop, run_id), claimed
+                # One customer's invoices one after another: a card is never charged twice at
+                # once, so each charge sees the answer to the one before (a hard decline
+                # blocks the card for the next; the caps count every decline).
+                for results in pool.map(
+                    lambda group: [_charge_safely(ctx, i, should_stop, run_id) for i in group],
+                    by_customer(ctx, claimed),
                 ):
-                    summary.add(result)
-                    observe(result)
+                    for result in results:
+                        summary.add(result)
+                        observe(result)
                 run.beat(summary)  # after each batch, at most once a second
     except BaseException:
         run.close_after_error(summary)
@@ -101,6 +110,20 @@ def run_billing_pass(
     summary.run_id = run.close(summary, state)
     summary.state = state
     return summary
+
+
+def by_customer(ctx: BillingContext, invoice_ids: list[int]) -> list[list[int]]:
+    """Claimed invoices grouped by customer, each group in claim order."""
+    with session(ctx.engine) as s:
+        owners = dict(
+            s.exec(
+                select(Invoice.id, Invoice.customer_id).where(col(Invoice.id).in_(invoice_ids))
+            ).all()
+        )
+    groups: dict[int, list[int]] = {}
+    for invoice_id in invoice_ids:
+        groups.setdefault(owners.get(invoice_id, -invoice_id), []).append(invoice_id)
+    return list(groups.values())
 
 
 def _charge_safely(

@@ -15,21 +15,42 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from billing.domain.declines import DeclineClass, classify_decline_codes
-from billing.domain.lifecycle import AttemptState, InvoiceStatus, SubscriptionStatus
+from billing.domain.lifecycle import (
+    AttemptState,
+    InvoiceStatus,
+    SubscriptionStatus,
+    can_transition,
+    check_transition,
+)
+from billing.domain.retry import (
+    CapRefusal,
+    FinalAction,
+    NextStep,
+    build_schedule,
+    final_action,
+    next_step,
+)
 from billing.domain.text import gateway_text
 from billing.engine.context import BillingContext
+from billing.engine.customers import sync_instruments
 from billing.engine.events import record_event
+from billing.engine.invoicing import void_open_invoices
+from billing.engine.retries import cap_refusal, choose_card, invalid_in_a_row, other_card_left
 from billing.engine.status import set_status
+from billing.errors import BillingError
+from billing.logs import log_event
+from billing.plexo.errors import PlexoError
 from billing.plexo.models import PaymentRequest
-from billing.plexo.outcome import ChargeOutcome
+from billing.plexo.outcome import MAX_RETRY_AFTER_SECONDS, ChargeOutcome
 from billing.store.claims import release_lease
 from billing.store.db import session
-from billing.store.models import ChargeAttempt, Customer, Invoice, PaymentInstrument, Subscription
+from billing.store.models import ChargeAttempt, Customer, Invoice, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +58,6 @@ UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
 # First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
 FIRST_CHECK_DELAY = timedelta(seconds=5)
 MAX_CHECK_DELAY_SECONDS = 3600.0
-# A request that was refused before any money moved (validation, auth) is tried again later.
-NOT_CHARGED_RETRY = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ def charge_invoice(
     if should_stop():
         _release(ctx, invoice_id)
         return AttemptResult(invoice_id, "skipped", 0, "")
+    _sync_before_retry(ctx, invoice_id)
     prepared = _write_ahead(ctx, invoice_id, run_id)
     if isinstance(prepared, AttemptResult):
         return prepared
@@ -89,9 +109,21 @@ def _write_ahead(
         sub = s.get(Subscription, invoice.subscription_id)
         customer = s.get(Customer, invoice.customer_id)
         assert sub is not None and customer is not None
-        instrument = _instrument_for(s, sub)
+        instrument = choose_card(s, sub, invoice, fallback=fallback_allowed(ctx, invoice))
+        if instrument is None and invoice.retry_schedule is not None:
+            # A retry with no card left that may be charged: the chain ends here.
+            s.refresh(sub, with_for_update=True)
+            _end_chain(ctx, s, invoice, sub, now, "no card left that may be charged")
+            assert invoice.id is not None
+            return AttemptResult(
+                invoice.id, "skipped", invoice.amount_minor, invoice.currency, DeclineClass.hard
+            )
         if instrument is None or customer.plexo_id is None:
             return _no_instrument(ctx, s, invoice, sub, now)
+        assert instrument.id is not None
+        refused = cap_refusal(s, invoice, instrument.id, now)
+        if refused is not None:
+            return _defer(ctx, s, invoice, refused, now)
         number = invoice.attempt_count + 1
         ref = reference_id(invoice.number, number)
         taken = s.exec(
@@ -129,6 +161,7 @@ def _write_ahead(
             actor=ctx.actor,
             reference_id=ref,
             attempt_number=number,
+            instrument_id=instrument.id,
         )
         return payment_request(ctx, invoice, sub, customer.plexo_id, instrument.token, ref)
 
@@ -157,18 +190,56 @@ def payment_request(
     )
 
 
-def _instrument_for(s: Session, sub: Subscription) -> PaymentInstrument | None:
-    """The subscription's own card if still active, else the customer's default card."""
-    if sub.instrument_id is not None:
-        chosen = s.get(PaymentInstrument, sub.instrument_id)
-        if chosen is not None and chosen.status == "active":
-            return chosen
-    return s.exec(
-        select(PaymentInstrument)
-        .where(PaymentInstrument.customer_id == sub.customer_id)
-        .where(PaymentInstrument.status == "active")
-        .order_by(col(PaymentInstrument.is_default).desc(), col(PaymentInstrument.id))
-    ).first()
+def fallback_allowed(ctx: BillingContext, invoice: Invoice) -> bool:
+    """Instrument fallback as snapshotted in the invoice's chain, else the current setting."""
+    if invoice.retry_schedule is not None:
+        return bool(invoice.retry_schedule.get("instrument_fallback", True))
+    return ctx.retry.instrument_fallback
+
+
+def _sync_before_retry(ctx: BillingContext, invoice_id: int) -> None:
+    """A retry of a past_due customer first mirrors their cards from Plexo, so a card added
+    through the update link is used. Best effort: a gateway failure leaves the cards we have."""
+    with session(ctx.engine) as s:
+        reference = s.exec(
+            select(Customer.reference_id)
+            .join(Invoice, col(Invoice.customer_id) == col(Customer.id))
+            .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
+            .where(col(Invoice.id) == invoice_id)
+            .where(col(Invoice.attempt_count) > 0)
+            .where(col(Invoice.lease_owner) == ctx.node)
+            .where(col(Subscription.status) == SubscriptionStatus.past_due)
+        ).first()
+    if reference is None:
+        return
+    try:
+        sync_instruments(ctx, reference)
+    except (PlexoError, BillingError) as exc:
+        log_event(log, "instruments.sync_failed", logging.WARNING, error=type(exc).__name__)
+
+
+def _defer(
+    ctx: BillingContext, s: Session, invoice: Invoice, refused: CapRefusal, now: datetime
+) -> AttemptResult:
+    """A card-network cap forbids the attempt now: nothing is sent; try when the cap frees."""
+    invoice.next_attempt_at = refused.until
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    s.add(invoice)
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event="attempt.deferred",
+        actor=ctx.actor,
+        reason=f"card-network cap {refused.cap}: {refused.message}",
+        cap=refused.cap,
+        next_retry_at=refused.until.isoformat() if refused.until else None,
+    )
+    return AttemptResult(invoice.id, "skipped", 0, "")
 
 
 def _no_instrument(
@@ -283,12 +354,27 @@ def _approve(
     if sub.current_period_end is None or invoice.period_end > sub.current_period_end:
         sub.current_period_start = invoice.period_start
         sub.current_period_end = invoice.period_end
+    recovering = invoice.retry_schedule is not None  # it had failed: dunning was running
+    invoice.attention = None
+    invoice.attention_at = None
     if sub.status in (
         SubscriptionStatus.past_due,
         SubscriptionStatus.trialing,
         SubscriptionStatus.incomplete,
     ) and not _has_other_unpaid(s, invoice):
-        set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
+        if recovering and sub.status == SubscriptionStatus.past_due:
+            set_status(
+                ctx,
+                s,
+                sub,
+                SubscriptionStatus.active,
+                now,
+                f"retry approved (attempt {attempt.attempt_number})",
+                "subscription.recovered",
+                **_ids(invoice, attempt),
+            )
+        else:
+            set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
     sub.updated_at = now
     assert invoice.id is not None
     record_event(
@@ -298,6 +384,7 @@ def _approve(
         entity_id=invoice.id,
         event="invoice.paid",
         actor=ctx.actor,
+        **_ids(invoice, attempt),
         reference_id=attempt.reference_id,
         payment_id=attempt.plexo_payment_id,
         amount_minor=attempt.amount_minor,
@@ -315,12 +402,14 @@ def _decline(
     decline_class: str,
     now: datetime,
 ) -> None:
+    """A definite decline: the retry policy (domain/retry.py) decides what comes next."""
     attempt.state = AttemptState.declined
     attempt.resolved_at = now
     attempt.next_check_at = None
     attempt.decline_code = (outcome.decline_code or "")[:32] or None
     attempt.result_code = (outcome.result_code or "")[:16] or None
     attempt.decline_class = decline_class
+    s.add(attempt)
     invoice.status = InvoiceStatus.open
     invoice.last_decline_code = attempt.decline_code
     invoice.last_decline_class = decline_class
@@ -328,16 +417,33 @@ def _decline(
     invoice.lease_until = None
     invoice.updated_at = now
     assert invoice.id is not None
-    if decline_class == DeclineClass.invalid_request:
+    cls = DeclineClass(decline_class)
+    if outcome.retry_after:
+        advised = now + timedelta(seconds=min(outcome.retry_after, MAX_RETRY_AFTER_SECONDS))
+        if invoice.retry_not_before is None or advised > invoice.retry_not_before:
+            invoice.retry_not_before = advised
+    if invoice.retry_schedule is None:
+        first = _first_attempt_at(s, invoice)
+        invoice.retry_schedule = build_schedule(ctx.retry, now, first, ctx.tz)
+    schedule = invoice.retry_schedule
+    decision = next_step(
+        schedule,
+        cls,
+        now,
+        other_card=other_card_left(s, sub, attempt.instrument_id),
+        invalid_in_a_row=invalid_in_a_row(s, invoice.id),
+        retry_after=invoice.retry_not_before,
+    )
+    next_at = decision.at if decision.step in (NextStep.retry, NextStep.fallback) else None
+    invoice.next_attempt_at = next_at
+    ids = _ids(invoice, attempt)
+    if cls == DeclineClass.invalid_request:
         # Refused before any money moved (our request or credentials): not the customer's
-        # fault, so no past_due; try again later.
-        invoice.next_attempt_at = now + NOT_CHARGED_RETRY
+        # fault, so no past_due; tried again shortly, a bounded number of times.
         event, reason = "attempt.rejected", f"gateway refused the request: {attempt.decline_code}"
     else:
-        # The retry policy (next issue) schedules further attempts from the decline class.
-        invoice.next_attempt_at = None
-        _mark_past_due(ctx, s, sub, now, f"charge declined ({attempt.decline_code})")
-        event, reason = "invoice.declined", f"declined {attempt.decline_code} ({decline_class})"
+        _mark_past_due(ctx, s, sub, now, f"charge declined ({attempt.decline_code})", ids)
+        event, reason = "invoice.payment_failed", f"declined {attempt.decline_code} ({cls})"
     record_event(
         s,
         at=now,
@@ -346,10 +452,148 @@ def _decline(
         event=event,
         actor=ctx.actor,
         reason=reason,
+        **ids,
         reference_id=attempt.reference_id,
         decline_code=attempt.decline_code,
         result_code=attempt.result_code,
         decline_class=decline_class,
+        next_step=str(decision.step),
+        next_retry_at=next_at.isoformat() if next_at else None,
+    )
+    if decision.step == NextStep.exhausted:
+        _end_chain(ctx, s, invoice, sub, now, decision.why)
+    elif decision.step == NextStep.flag:
+        _flag(ctx, s, invoice, now, "refused_repeatedly", decision.why)
+
+
+def _ids(invoice: Invoice, attempt: ChargeAttempt | None = None) -> dict[str, Any]:
+    """The objects an event is about (never card data): for webhooks and emails."""
+    ids: dict[str, Any] = {
+        "invoice_id": invoice.id,
+        "invoice_number": invoice.number,
+        "subscription_id": invoice.subscription_id,
+        "customer_id": invoice.customer_id,
+    }
+    if attempt is not None:
+        ids["attempt_number"] = attempt.attempt_number
+        ids["instrument_id"] = attempt.instrument_id
+    return ids
+
+
+def _first_attempt_at(s: Session, invoice: Invoice) -> datetime:
+    first = s.exec(
+        select(ChargeAttempt.created_at)
+        .where(ChargeAttempt.invoice_id == invoice.id)
+        .order_by(col(ChargeAttempt.attempt_number))
+    ).first()
+    return first if first is not None else invoice.next_attempt_at or invoice.created_at
+
+
+def _end_chain(
+    ctx: BillingContext,
+    s: Session,
+    invoice: Invoice,
+    sub: Subscription,
+    now: datetime,
+    why: str,
+) -> None:
+    """The retry chain is exhausted: the invoice becomes uncollectible and the final action
+    (snapshotted in the chain) applies once, in this transaction."""
+    check_transition("invoice", InvoiceStatus(invoice.status), InvoiceStatus.uncollectible)
+    invoice.status = InvoiceStatus.uncollectible
+    invoice.next_attempt_at = None
+    invoice.lease_owner = None
+    invoice.lease_until = None
+    invoice.updated_at = now
+    s.add(invoice)
+    schedule = invoice.retry_schedule or {"final_action": str(ctx.retry.final_action)}
+    action = final_action(schedule)
+    ids = _ids(invoice)
+    applied = apply_final_action(ctx, s, sub, action, now, f"retries exhausted: {why}", ids)
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event="invoice.uncollectible",
+        actor=ctx.actor,
+        reason=f"retries exhausted: {why}",
+        **ids,
+        attempts=invoice.attempt_count,
+        final_action=str(action),
+        final_action_applied=applied,
+    )
+
+
+def apply_final_action(
+    ctx: BillingContext,
+    s: Session,
+    sub: Subscription,
+    action: FinalAction,
+    now: datetime,
+    reason: str,
+    ids: dict[str, Any],
+) -> bool:
+    """Cancel now, cancel at period end, mark unpaid or pause; False when the subscription is
+    already past it (another invoice's chain ended first, or a person acted)."""
+    status = SubscriptionStatus(sub.status)
+    if action == FinalAction.cancel_at_period_end and sub.current_period_end is None:
+        action = FinalAction.cancel_now  # nothing was ever paid: no period to run out
+    if action == FinalAction.cancel_at_period_end:
+        if status == SubscriptionStatus.canceled or sub.cancel_at_period_end:
+            return False
+        sub.cancel_at_period_end = True
+        sub.updated_at = now
+        s.add(sub)
+        assert sub.id is not None and sub.current_period_end is not None
+        record_event(
+            s,
+            at=now,
+            entity_type="subscription",
+            entity_id=sub.id,
+            event="subscription.cancel_scheduled",
+            actor=ctx.actor,
+            reason=reason,
+            **ids,
+            effective_at=sub.current_period_end.isoformat(),
+        )
+        return True
+    target = {
+        FinalAction.cancel_now: SubscriptionStatus.canceled,
+        FinalAction.mark_unpaid: SubscriptionStatus.unpaid,
+        FinalAction.pause: SubscriptionStatus.paused,
+    }[action]
+    if not can_transition("subscription", status, target):
+        return False
+    if target == SubscriptionStatus.canceled:
+        assert sub.id is not None
+        void_open_invoices(ctx, s, now, reason, subscription_id=sub.id)
+    set_status(ctx, s, sub, target, now, reason, **ids)
+    if target == SubscriptionStatus.paused:
+        sub.paused_at = now
+    return True
+
+
+def _flag(
+    ctx: BillingContext, s: Session, invoice: Invoice, now: datetime, what: str, why: str
+) -> None:
+    """Stop working on the invoice and ask a person to look (`invoice.attention`)."""
+    invoice.attention = what
+    invoice.attention_at = now
+    invoice.next_attempt_at = None
+    s.add(invoice)
+    assert invoice.id is not None
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice.id,
+        event="invoice.needs_attention",
+        actor=ctx.actor,
+        reason=why,
+        **_ids(invoice),
+        attention=what,
     )
 
 
@@ -371,6 +615,7 @@ def _leave_unresolved(
     invoice.lease_until = None
     invoice.updated_at = now
     assert invoice.id is not None
+    first_pending = attempt.state == AttemptState.pending and attempt.action_required_at is None
     record_event(
         s,
         at=now,
@@ -383,6 +628,33 @@ def _leave_unresolved(
         http_status=outcome.http_status,
         duplicate=outcome.duplicate,
     )
+    if outcome.kind == "pending" and outcome.action_required and first_pending:
+        # 3-D Secure or another customer action on a server-initiated charge: nobody can act
+        # on it here, so tell the customer once and wait (never retried blindly).
+        attempt.action_required_at = now
+        record_event(
+            s,
+            at=now,
+            entity_type="invoice",
+            entity_id=invoice.id,
+            event="invoice.payment_action_required",
+            actor=ctx.actor,
+            reason="the payment waits for the customer (3-D Secure or another action)",
+            **_ids(invoice, attempt),
+            reference_id=attempt.reference_id,
+            payment_id=attempt.plexo_payment_id,
+        )
+    if attempt.state == AttemptState.pending and now - attempt.created_at >= ctx.pending_max:
+        # Polling forever proves nothing more: stop and ask a person.
+        attempt.next_check_at = None
+        _flag(
+            ctx,
+            s,
+            invoice,
+            now,
+            "pending_too_long",
+            f"payment pending since {attempt.created_at.isoformat()}",
+        )
 
 
 def _has_other_unpaid(s: Session, invoice: Invoice) -> bool:
@@ -397,14 +669,20 @@ def _has_other_unpaid(s: Session, invoice: Invoice) -> bool:
 
 
 def _mark_past_due(
-    ctx: BillingContext, s: Session, sub: Subscription, now: datetime, reason: str
+    ctx: BillingContext,
+    s: Session,
+    sub: Subscription,
+    now: datetime,
+    reason: str,
+    ids: dict[str, Any] | None = None,
 ) -> None:
+    """The first failure moves the subscription to past_due at once (and says so)."""
     if sub.status in (
         SubscriptionStatus.active,
         SubscriptionStatus.trialing,
         SubscriptionStatus.incomplete,
     ):
-        set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason)
+        set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason, **(ids or {}))
 
 
 def _release(ctx: BillingContext, invoice_id: int) -> None:

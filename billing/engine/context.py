@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 
 from billing.clock import Clock
+from billing.domain.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the client (httpx, TLS) is imported only by commands that call Plexo
     from billing.plexo.client import PlexoClient
@@ -33,3 +34,7 @@ class BillingContext:
     expiry_warn_days: tuple[int, ...] = (30, 7)
     # Sent as every payment's callbackUrl (it holds the receiver's secret token); None = off.
     callback_url: str | None = field(default=None, repr=False)
+    # What happens after a decline (domain/retry.py); snapshotted into invoices.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # A payment pending longer than this is flagged for a person instead of polled forever.
+    pending_max: timedelta = timedelta(days=3)

@@ -19,9 +19,9 @@ from sqlmodel import col, select
 
 from billing.domain.expiry import card_expires_at, due_warnings, renews_after_expiry
 from billing.domain.lifecycle import SubscriptionStatus
-from billing.engine.charge import _instrument_for
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.engine.retries import renewal_card
 from billing.logs import log_event
 from billing.store.db import session
 from billing.store.models import InstrumentWarning, PaymentInstrument, Subscription
@@ -85,7 +85,7 @@ def _candidates(ctx: BillingContext, this_month: int, horizon_month: int) -> lis
         ).all()
         pairs: dict[int, int] = {}
         for sub in subs:
-            card = _instrument_for(s, sub)
+            card = renewal_card(s, sub)
             if card is not None and card.id is not None and sub.id is not None:
                 pairs.setdefault(card.id, sub.id)
     return list(pairs.items())

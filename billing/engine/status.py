@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session
 
@@ -20,6 +21,7 @@ def set_status(
     now: datetime,
     reason: str | None,
     event: str | None = None,
+    **data: Any,
 ) -> None:
     """Move `sub` to `new` in the caller's transaction (InvalidTransition if not allowed)."""
     check_transition("subscription", SubscriptionStatus(sub.status), new)
@@ -42,4 +44,5 @@ def set_status(
         actor=ctx.actor,
         reason=reason,
         previous=old,
+        **data,
     )

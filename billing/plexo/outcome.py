@@ -55,6 +55,9 @@ class ChargeOutcome:
     retry_after: float | None = None
     duplicate: bool = False
     not_charged: bool = False
+    # A pending payment whose body lists `actions` (a 3-D Secure approval_url...): the customer
+    # must act; a server-initiated charge cannot, so it is not retried (plexo-api.md 6).
+    action_required: bool = False
     detail: str = ""
 
 
@@ -96,8 +99,15 @@ def outcome_from_payment(
     if status in APPROVED_STATUSES:
         return ChargeOutcome("approved", payment_id, status, http_status=http_status)
     if status in PENDING_STATUSES:
+        actions = data.get("actions")
+        action_required = isinstance(actions, list) and any(isinstance(a, Mapping) for a in actions)
         return ChargeOutcome(
-            "pending", payment_id, status, http_status=http_status, detail=f"payment {status}"
+            "pending",
+            payment_id,
+            status,
+            http_status=http_status,
+            action_required=action_required,
+            detail=f"payment {status}" + (", customer action required" * action_required),
         )
     if status in DECLINED_STATUSES:
         if reference_id is not None and echoed is None:
@@ -224,6 +234,7 @@ def outcome_from_error(
             result_code=_text(camel_keys(body).get("resultCode")),
             decline_message=message,
             http_status=http_status,
+            retry_after=retry_after,  # advice on a decline is honoured too (domain/retry.py)
             not_charged=not_charged,
             detail=where,
         )

@@ -23,6 +23,11 @@ class CardOutcome:
     decline_code: str | None  # snake_case word for declines (error envelope's declineCode)
     message: str
     settles_to: CardOutcome | None = None  # for "pending": the state it settles into
+    # Declined this way on the first N charges of a token, approved from then on.
+    approve_after: int = 0
+    # "pending" waiting for the customer (3-D Secure): the payment lists an approval_url action
+    # and polling never settles it (plexo-api.md 6).
+    action_required: bool = False
 
 
 APPROVED = CardOutcome("approved", "0", None, "Approved")
@@ -167,6 +172,22 @@ TEST_CARDS: dict[str, TestCard] = {
             "Sandbox Bank",
             _declined("R1", "stop_recurring"),
             "hard decline R1 stop_recurring",
+        ),
+        TestCard(
+            "4000000000000341",
+            "visa",
+            "credit",
+            "Sandbox Bank",
+            CardOutcome("denied", "51", "insufficient_funds", "insufficient_funds", None, 2),
+            "soft decline 51 on the first two charges of a token, then approved",
+        ),
+        TestCard(
+            "4000000000003220",
+            "visa",
+            "credit",
+            "Sandbox Bank",
+            CardOutcome("pending", None, None, "pending", None, 0, True),
+            "pending, 3-D Secure approval_url action: never settles by polling",
         ),
         TestCard(
             "5555555555554445",

@@ -43,6 +43,8 @@ Outcome by the card number typed at tokenization (only BIN and last four are kep
 | 4000000000000143   | denied "04" pickup_card (hard)                               |
 | 4000000000000150   | denied "62" restricted_card (hard)                           |
 | 4000000000000168   | denied "R1" stop_recurring (hard)                            |
+| 4000000000000341   | denied "51" on the first two charges of a token, then approved |
+| 4000000000003220   | pending with an `approval_url` action (3-D Secure): never settles |
 | 5555555555554445   | denied "96" processing_error                                 |
 | other Luhn-valid   | approved "0"                                                 |
 
@@ -81,6 +83,7 @@ from billing.domain.money import CURRENCY_DIGITS, parse_amount
 from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
 from billing.sandbox.callbacks import CallbackSender
 from billing.sandbox.cards import (
+    APPROVED,
     EXPIRED_CARD,
     INVALID_CARD,
     CardOutcome,
@@ -95,6 +98,8 @@ DuplicateMode = Literal["reject", "replay"]
 DeclineStyle = Literal["body", "error"]
 
 SESSION_LIFETIME = timedelta(minutes=30)
+# Where a 3-D Secure challenge would be completed (never fetched: nobody can in a scheduler).
+SANDBOX_3DS_URL = "https://sandbox.plexo.invalid/3ds"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _JSON_TYPE = "application/json; charset=utf-8"
 _ERROR_AFTER_CODES = {
@@ -192,6 +197,7 @@ class _Instrument:
     exp_year: int
     fingerprint: str
     created_at: datetime
+    charges: int = 0  # payments made with this token (cards that approve after N declines)
 
     def expired(self, now: datetime) -> bool:
         return (self.exp_year, self.exp_month) < (now.year, now.month)
@@ -388,6 +394,13 @@ class PlexoSimulator:
             return self._add_instrument(customer_id, card_number, exp_month, exp_year)
         except ApiError as exc:
             raise _billing_error(exc) from None
+
+    def set_card_outcome(self, token: str, outcome: CardOutcome) -> None:
+        """Test affordance (in-process only): what the next charges of this token do, e.g. a
+        random decline sequence thrown at one card."""
+        with self._lock:
+            instrument = self._instruments[token]
+            instrument.card = replace(instrument.card, outcome=outcome)
 
     def payments(self) -> list[dict[str, Any]]:
         """Every recorded payment (PaymentDto shape, amounts as text like "590.00"), oldest first.
@@ -897,6 +910,9 @@ class PlexoSimulator:
                 outcome = EXPIRED_CARD
             else:
                 outcome = instrument.card.outcome
+                instrument.charges += 1
+                if outcome.approve_after and instrument.charges > outcome.approve_after:
+                    outcome = APPROVED
             payment = _Payment(
                 seq=next(self._payment_seq),
                 id=f"{int(now.timestamp()) & 0xFFFFFFFF:08x}{secrets.token_hex(8)}",
@@ -1075,7 +1091,11 @@ class PlexoSimulator:
             "processor": {"id": 1, "acquirer": "sandbox"},
             "metadata": payment.metadata,
             "callbackUrl": payment.callback_url,
-            "actions": [],
+            "actions": (
+                [{"type": "approval_url", "url": f"{SANDBOX_3DS_URL}/{payment.id}"}]
+                if outcome.action_required and outcome.status == "pending"
+                else []
+            ),
             "transactions": [
                 {
                     "id": payment.transaction_id,

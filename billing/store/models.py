@@ -142,7 +142,8 @@ class Subscription(SQLModel, table=True):
 
 
 class Invoice(SQLModel, table=True):
-    """One billable period. status: open -> charging -> paid | open (declined) | void.
+    """One billable period. status: open -> charging -> paid | open (declined, a retry is
+    scheduled) | uncollectible (the retry chain ended) | void.
 
     `next_attempt_at` is when the engine may claim it; NULL means "not to be tried now"
     (e.g. after a decline, until the retry policy schedules another attempt).
@@ -169,7 +170,15 @@ class Invoice(SQLModel, table=True):
     next_attempt_at: datetime | None = _utc(nullable=True)
     last_decline_code: str | None = Field(default=None, max_length=32)
     last_decline_class: str | None = Field(default=None, max_length=16)
-    retry_schedule: list[Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The retry chain snapshotted at the first failure (domain/retry.py build_schedule).
+    retry_schedule: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    # Plexo's retry-after advice: no attempt before this, whoever asks (scheduler or operator).
+    retry_not_before: datetime | None = _utc(nullable=True)
+    # Set when the engine stopped and a person must look (pending too long, refused too often).
+    attention: str | None = Field(default=None, max_length=32)
+    attention_at: datetime | None = _utc(nullable=True)
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = _utc(nullable=True)
     paid_at: datetime | None = _utc(nullable=True)
@@ -188,6 +197,8 @@ class ChargeAttempt(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("invoice_id", "attempt_number"),
         Index("ix_charge_attempt_unresolved", "state", "next_check_at"),
+        # The card-network caps count a card's recent attempts (engine/retries.py).
+        Index("ix_charge_attempt_card_recent", "instrument_id", "created_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -210,6 +221,8 @@ class ChargeAttempt(SQLModel, table=True):
     last_sent_at: datetime | None = _utc(nullable=True)  # the resend grace counts from here
     check_count: int = 0
     next_check_at: datetime | None = _utc(nullable=True)
+    # When Plexo first said the customer must act (3-D Secure): notified once, then we wait.
+    action_required_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc()
     resolved_at: datetime | None = _utc(nullable=True)
 

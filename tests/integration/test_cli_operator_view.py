@@ -59,14 +59,15 @@ def test_invoices_list_says_when_it_truncates_and_shows_the_latest_attempt(
         env.ctx, env.sandbox_url, 1, plan_code=plan, start=START, card=DECLINING_CARD, prefix="dec"
     )
     bill_days(env, 4)  # 3 subscriptions x 4 days, then day 5 below: 15 invoices
-    with session(env.ctx.engine) as s:  # one declined invoice is tried again: attempt 2
+    with session(env.ctx.engine) as s:  # one declined invoice is tried again now
         declined = s.exec(select(Invoice).where(Invoice.status == "open")).first()
         assert declined is not None
+        tried = declined.attempt_count  # scheduled retries (issue 6) may have run already
         declined.next_attempt_at = env.clock.now()
         s.add(declined)
     run_billing_pass(env.ctx)
     latest = latest_attempts(env)
-    assert latest[declined.number].attempt_number == 2
+    assert latest[declined.number].attempt_number == tried + 1 >= 2
     assert len(latest) == 15
 
     shown = invoke(env, db_url, "invoices", "list", "--limit", "5", "--json")

@@ -51,11 +51,13 @@ def test_soft_decline_marks_past_due_and_keeps_the_invoice_open(env: Env) -> Non
         "insufficient_funds",  # the word; the processor's "51" is the attempt's result_code
         "soft",
     )
-    assert invoice.next_attempt_at is None  # the retry policy (next issue) schedules retries
+    # The first retry: the next local day at the local hour of the first attempt (09:00 -03).
+    assert invoice.next_attempt_at == START + timedelta(days=1)
+    assert invoice.retry_schedule is not None and len(invoice.retry_schedule["slots"]) == 4
     assert invoice.lease_owner is None
     with session(env.ctx.engine) as s:
         events = [e.event for e in s.exec(select(Event).order_by(col(Event.id))).all()]
-    assert "subscription.past_due" in events and "invoice.declined" in events
+    assert "subscription.past_due" in events and "invoice.payment_failed" in events
 
 
 def test_hard_decline_is_classified_hard(env: Env) -> None:

@@ -175,3 +175,24 @@ def test_a_bare_answer_before_recording_is_resent_with_the_same_reference(env: E
     settle(env)
     assert_exactly_once(env, BARE_SUBSCRIPTIONS)
     assert all(p["referenceId"].endswith("-1") for p in env.simulator.payments())
+
+
+@pytest.mark.parametrize("mode", ["timeout_after", "error_after", "bare_after"])
+def test_exactly_once_with_retries_on(env: Env, mode: str) -> None:
+    """Cards that decline twice, then approve: every invoice goes through two scheduled
+    retries while the fault hits first sends, retries and resends alike."""
+    ensure_plan(env.ctx)
+    seed_subscriptions(
+        env.ctx, env.sandbox_url, SUBSCRIPTIONS, card="4000000000000341", start=START
+    )
+    env.simulator.faults.set_probability(mode, 0.3, route="POST /v1/payments")
+    run_billing_pass(env.ctx)
+    settle(env, rounds=80)
+    for days in (1, 3, 5, 7):
+        env.clock.set(max(env.clock.now(), START + timedelta(days=days)))
+        run_billing_pass(env.ctx)
+        settle(env, rounds=80)
+    env.simulator.faults.clear()
+    assert_exactly_once(env, SUBSCRIPTIONS)
+    declined = [p for p in env.simulator.payments() if p["status"] == "denied"]
+    assert len(declined) == 2 * SUBSCRIPTIONS  # two declines per invoice, then the approval

@@ -96,7 +96,7 @@ def deliveries(env: Env) -> list[OutboxDelivery]:
 def test_a_decline_writes_its_notifications_with_the_change_ids_only(env: Env) -> None:
     customer_id = decline_one(env)
     events = {e.type: e for e in outbox(env)}
-    # main's "invoice.declined" is announced as invoice.payment_failed; past_due with it.
+    # A decline is announced as invoice.payment_failed; past_due with it.
     assert set(events) == {"invoice.payment_failed", "subscription.past_due"}
     failed = events["invoice.payment_failed"]
     assert failed.customer_id == customer_id
@@ -108,6 +108,7 @@ def test_a_decline_writes_its_notifications_with_the_change_ids_only(env: Env) -
         "customer_id",
         "customer_reference",
         "reference_id",
+        "instrument_id",
     }
     assert {"invoice_id", "subscription_id", "customer_id"} <= set(failed.payload)
     # Fan-out adds the merchant's reference of the customer, once, before any delivery.
@@ -118,7 +119,7 @@ def test_a_decline_writes_its_notifications_with_the_change_ids_only(env: Env) -
     assert SOFT_DECLINE not in text and "token" not in text
     # Same transaction as the event log row: the log and the outbox agree.
     with session(env.ctx.engine) as s:
-        logged = s.exec(select(Event.event).where(Event.event == "invoice.declined")).all()
+        logged = s.exec(select(Event.event).where(Event.event == "invoice.payment_failed")).all()
     assert len(logged) == 1
 
 

@@ -62,7 +62,17 @@ CUSTOMERS: list[dict[str, Any]] = [
         "email": "carla@example.com.uy",
         "first_name": "Carla",
         "last_name": "Gómez",
-        "card": "4000000000000010",  # the sandbox declines it: insufficient funds ("51")
+        # The sandbox declines it twice (insufficient funds, "51"), then approves: a soft
+        # decline recovered by the retry policy.
+        "card": "4000000000000341",
+        "plan": "basic-monthly",
+    },
+    {
+        "reference_id": "cus-elena",
+        "email": "elena@example.com.uy",
+        "first_name": "Elena",
+        "last_name": "Martínez",
+        "card": "4000000000000119",  # reported stolen ("43"): a hard decline, never retried
         "plan": "basic-monthly",
     },
     {
@@ -255,8 +265,10 @@ def _final_summary(
                 select(ChargeAttempt.reference_id).where(ChargeAttempt.state == "approved")
             ).all()
         )
+        dunning = _dunning_story(s)
     sandbox_approved = {p["referenceId"] for p in simulator.payments() if p["status"] == "approved"}
     return {
+        "dunning": dunning,
         "billing_runs": len(runs),
         "charged": {
             cur: {"invoices": n, "amount": str(to_major(int(total or 0), cur))}
@@ -269,13 +281,55 @@ def _final_summary(
     }
 
 
+def _dunning_story(s: Any) -> list[dict[str, Any]]:
+    """Each customer whose renewal was declined: what the retries came to."""
+    from billing.store.models import Customer, Event
+
+    rows: list[dict[str, Any]] = []
+    for sub in s.exec(select(Subscription).order_by(col(Subscription.id))).all():
+        invoices = s.exec(select(Invoice).where(Invoice.subscription_id == sub.id)).all()
+        ids = [i.id for i in invoices]
+        attempts = s.exec(select(ChargeAttempt).where(col(ChargeAttempt.invoice_id).in_(ids))).all()
+        declined = [a for a in attempts if a.state == "declined"]
+        if not declined:
+            continue
+        events = set(
+            s.exec(
+                select(Event.event)
+                .where(Event.entity_type == "subscription")
+                .where(Event.entity_id == sub.id)
+            ).all()
+        )
+        customer = s.get(Customer, sub.customer_id)
+        rows.append(
+            {
+                "customer": customer.reference_id if customer else str(sub.customer_id),
+                "declines": [f"{a.decline_code} ({a.decline_class})" for a in declined],
+                "recovered": "subscription.recovered" in events,
+                "status": sub.status,
+                "uncollectible_invoices": sum(i.status == "uncollectible" for i in invoices),
+            }
+        )
+    return rows
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     _say("")
     _say("=== demo summary ===")
     rows = [{"currency": c, **v} for c, v in summary["charged"].items()]
     _say("charged:")
     _say(table(rows, ["currency", "invoices", "amount"]))
-    _say(f"unpaid invoices: {summary['unpaid_invoices']} (the declining card)")
+    _say(f"unpaid invoices: {summary['unpaid_invoices']}")
+    for story in summary["dunning"]:
+        declines = ", ".join(story["declines"])
+        if story["recovered"]:
+            ending = f"recovered by a retry, now {story['status']}"
+        else:
+            ending = (
+                f"retries ended: final action left the subscription {story['status']}, "
+                f"{story['uncollectible_invoices']} invoice(s) uncollectible"
+            )
+        _say(f"dunning: {story['customer']}: declined {declines}; {ending}")
     states = ", ".join(f"{n} {status}" for status, n in sorted(summary["subscriptions"].items()))
     _say(f"subscriptions by status: {states}")
     matches = "yes" if summary["ledger_matches_sandbox"] else "NO"

@@ -23,14 +23,25 @@ def test_demo_bills_months_and_matches_the_sandbox(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["ledger_matches_sandbox"] is True
-    # One card declines: its retries run out and the default final action marks it unpaid,
-    # which stops renewing (one uncollectible invoice, no more).
-    assert summary["subscriptions"] == {"active": 3, "unpaid": 1}
+    # Carla's card declines twice (soft) and the retry recovers her; Elena's is stolen (hard):
+    # never retried, the chain ends and the default final action marks her unpaid.
+    assert summary["subscriptions"] == {"active": 4, "unpaid": 1}
     assert summary["unpaid_invoices"] == 1
+    stories = {d["customer"]: d for d in summary["dunning"]}
+    assert set(stories) == {"cus-carla", "cus-elena"}
+    assert stories["cus-carla"]["recovered"] is True
+    assert stories["cus-carla"]["status"] == "active"
+    assert stories["cus-elena"]["recovered"] is False
+    assert stories["cus-elena"]["declines"] == ["stolen_card (hard)"]
+    assert (stories["cus-elena"]["status"], stories["cus-elena"]["uncollectible_invoices"]) == (
+        "unpaid",
+        1,
+    )
     assert set(summary["charged"]) == {"UYU", "USD"}
     # Signed webhooks to the demo's own receiver, one per distinct event id.
     sent = summary["notifications_sent"]
-    assert sent["invoice.paid"] >= 4 and sent["invoice.payment_failed"] >= 1
+    assert sent["invoice.paid"] >= 4 and sent["invoice.payment_failed"] >= 2
+    assert sent["subscription.recovered"] == 1 and sent["subscription.unpaid"] == 1
     assert Path(summary["data"]["directory"]) == tmp_path / ".state" / "demo"
     assert (tmp_path / ".state" / "demo" / "billing.sqlite3").exists()
     assert (tmp_path / ".state" / "demo" / MARKER).is_file()

@@ -21,6 +21,7 @@ from billing.store.models import (
     Customer,
     Event,
     Invoice,
+    OutboxEvent,
     PaymentInstrument,
     Subscription,
 )
@@ -69,6 +70,12 @@ def attempts_of(env: Env, invoice_id: int | None) -> list[ChargeAttempt]:
 def events(env: Env) -> Counter[str]:
     with session(env.ctx.engine) as s:
         return Counter(s.exec(select(Event.event)).all())
+
+
+def notified(env: Env) -> Counter[str]:
+    """The notifications the outbox holds for delivery (webhooks, email), by type."""
+    with session(env.ctx.engine) as s:
+        return Counter(s.exec(select(OutboxEvent.type)).all())
 
 
 def event_rows(env: Env, name: str) -> list[Event]:
@@ -149,6 +156,14 @@ def test_soft_decline_recovered_on_the_second_retry(env: Env) -> None:
     assert seen["subscription.recovered"] == 1 and seen["subscription.active"] == 0
     assert seen["invoice.payment_failed"] == 2 and seen["subscription.past_due"] == 1
     assert seen["invoice.paid"] == 1
+    assert notified(env) == Counter(
+        {
+            "invoice.payment_failed": 2,
+            "subscription.past_due": 1,
+            "subscription.recovered": 1,
+            "invoice.paid": 1,
+        }
+    )
     [failed, _] = event_rows(env, "invoice.payment_failed")
     assert failed.data["next_retry_at"] == SLOTS[0].isoformat()
     assert failed.data["subscription_id"] == sub_id and failed.data["attempt_number"] == 1
@@ -187,6 +202,9 @@ def test_hard_decline_without_another_card_ends_the_chain(env: Env) -> None:
     assert sub.status == "unpaid"  # the default final action
     seen = events(env)
     assert seen["invoice.uncollectible"] == 1 and seen["subscription.unpaid"] == 1
+    told = notified(env)
+    assert told["invoice.uncollectible"] == 1 and told["subscription.unpaid"] == 1
+    assert told["invoice.payment_failed"] == 1
     # The card is never charged again, whatever time passes.
     for days in (1, 3, 8, 40, 70):
         pass_at(env, START + DAY * days)
@@ -235,6 +253,10 @@ def test_all_retries_fail_then_the_final_action_applies_once(env: Env, action: F
     assert sub.status == expected[0]
     seen = events(env)
     assert seen[expected[1]] == 1 and seen["invoice.uncollectible"] == 1
+    told = notified(env)
+    assert told["invoice.uncollectible"] == 1 and told["invoice.payment_failed"] == 5
+    if expected[1] != "subscription.cancel_scheduled":
+        assert told[expected[1]] == 1
     [gone] = event_rows(env, "invoice.uncollectible")
     assert gone.data["final_action"] == action and gone.data["final_action_applied"] is True
     # Time goes on: the next period is not billed, nothing is applied twice.
@@ -269,6 +291,8 @@ def test_action_required_is_not_retried_and_waits(env: Env) -> None:
     seen = events(env)
     assert seen["invoice.payment_action_required"] == 1
     assert seen["invoice.payment_failed"] == 0
+    told = notified(env)
+    assert told["invoice.payment_action_required"] == 1 and told["invoice.payment_failed"] == 0
     # Past BILLING_PENDING_MAX_DAYS it stops being polled: a person is asked to look.
     env.clock.set(START + DAY * 3 + timedelta(hours=1))
     reconcile(env.ctx)
@@ -298,6 +322,7 @@ def test_unknown_outcome_that_was_approved_is_not_retried(env: Env) -> None:
     assert len(attempts_of(env, invoice.id)) == 1
     seen = events(env)
     assert seen["invoice.payment_failed"] == 0 and seen["subscription.past_due"] == 0
+    assert notified(env) == Counter({"invoice.paid": 1})  # no failure notification
     assert len(env.simulator.payments()) == 1 and len(approved_at_sandbox(env)) == 1
     assert sub_of(env, sub_id).status == "active"
 

@@ -4,6 +4,7 @@ and errors as one clear line with a non-zero exit."""
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import typer
 from sqlalchemy.exc import DBAPIError
 
+from billing.domain.cards import refuse_card_numbers
 from billing.domain.text import escape, escape_keeping_newlines
 from billing.errors import BillingError, ConfigError, Conflict, InvalidInput, NotFound
 from billing.settings import Settings, load_settings
@@ -28,6 +30,8 @@ EXIT_INPUT = 2
 EXIT_FAILED = 1
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+ByOption = typer.Option(None, "--by", help="Who does it (default: the OS user).")
+ReasonOption = typer.Option(..., "--reason", help="Why (kept in the event log).")
 
 
 @dataclass
@@ -173,3 +177,19 @@ def progress(message: str) -> None:
     """Progress for long manual work goes to stderr, so --json output stays clean."""
     if sys.stderr.isatty() or os.environ.get("BILLING_PROGRESS"):
         typer.echo(escape(message), err=True)
+
+
+def operator_name(by: str | None) -> str:
+    """The person recorded as the actor: --by, else the OS user."""
+    name = (by if by is not None else _os_user()).strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise InvalidInput("--by must be 1-128 printable characters")
+    refuse_card_numbers(name, "--by")
+    return name
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (e.g. a DynamicUser without a name)
+        return "unknown"

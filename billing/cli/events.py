@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from billing.cli.common import JsonOption, handle_errors, output, settings, table
+from billing.cli.common import JsonOption, handle_errors, operator_name, output, settings, table
 from billing.engine.notifications import list_deliveries, redeliver
 from billing.wiring import open_context
 
@@ -46,7 +46,6 @@ def redeliver_event(
     as_json: bool = JsonOption,
 ) -> None:
     """Send a delivered or dead event again (same event id: receivers dedupe on it)."""
-    from billing.cli.subscriptions import operator_name
 
     actor = operator_name(by)
     with open_context(settings(), actor=actor) as ctx:

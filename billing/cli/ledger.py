@@ -9,10 +9,13 @@ from sqlalchemy import and_, func
 from sqlmodel import col, select
 
 from billing.cli.common import (
+    ByOption,
     JsonOption,
+    ReasonOption,
     cell,
     handle_errors,
     local_time,
+    operator_name,
     output,
     settings,
     table,
@@ -190,16 +193,6 @@ def render_timeline(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _operator(by: str | None) -> str:
-    from billing.cli.subscriptions import operator_name
-
-    return operator_name(by)
-
-
-ByOption = typer.Option(None, "--by", help="Who does it (default: the OS user).")
-ReasonOption = typer.Option(..., "--reason", help="Why (kept in the event log).")
-
-
 @invoices_app.command("void")
 @handle_errors
 def void(
@@ -209,7 +202,7 @@ def void(
     as_json: bool = JsonOption,
 ) -> None:
     """Void an open invoice: the period is not owed (never while it is charging)."""
-    actor = _operator(by)
+    actor = operator_name(by)
     with open_context(settings(), actor=actor) as ctx:
         done = void_invoice(ctx, invoice, reason=reason)
     output(invoice_view(done, None), as_json, f"invoice {done.number} voided by {actor}")
@@ -224,7 +217,7 @@ def uncollectible(
     as_json: bool = JsonOption,
 ) -> None:
     """Write an open invoice off: no more attempts; a late payment still pays it."""
-    actor = _operator(by)
+    actor = operator_name(by)
     with open_context(settings(), actor=actor) as ctx:
         done = mark_uncollectible(ctx, invoice, reason=reason)
     output(
@@ -247,7 +240,7 @@ def resolve(
     """Settle an attempt the reconciler cannot (e.g. Plexo answers 409 and finds nothing)."""
     if paid == not_charged:
         raise InvalidInput("give exactly one of --paid or --not-charged")
-    actor = _operator(by)
+    actor = operator_name(by)
     with open_context(settings(), actor=actor) as ctx:
         done, attempt = resolve_invoice(ctx, invoice, paid=paid, reason=reason)
     view = {**invoice_view(done, None, attempt), "resolved_by": actor}
@@ -314,12 +307,11 @@ def list_runs(
 @handle_errors
 def retry_invoice(
     invoice: str = typer.Argument(..., help="Invoice number (INV-...) or id."),
-    reason: str = typer.Option(..., "--reason", help="Why (kept in the event log)."),
-    by: str | None = typer.Option(None, "--by", help="Who retries it (default: the OS user)."),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Charge an open invoice now, within the card-network caps (refused naming the cap)."""
-    from billing.cli.subscriptions import operator_name
     from billing.engine.dunning import retry_invoice as retry
 
     actor = operator_name(by)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,16 +10,18 @@ import typer
 from sqlmodel import select
 
 from billing.cli.common import (
+    ByOption,
     JsonOption,
+    ReasonOption,
     bounded_instant,
     cell,
     handle_errors,
     local_time,
+    operator_name,
     output,
     settings,
     table,
 )
-from billing.domain.cards import refuse_card_numbers
 from billing.domain.money import to_major
 from billing.engine import subscriptions as svc
 from billing.errors import InvalidInput
@@ -276,8 +277,8 @@ def resume(
 @handle_errors
 def uncancel(
     subscription_id: int,
-    reason: str = typer.Option(..., "--reason", help="Why (kept in the event log)."),
-    by: str | None = typer.Option(None, "--by", help="Who does it (default: the OS user)."),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Undo a cancel scheduled for the period end (cancel --at-period-end)."""
@@ -318,22 +319,6 @@ def release(
         f"subscription {subscription_id} released by {actor}, {how}: the next billing pass "
         f"bills {billed:,} period" + "s" * (billed != 1),
     )
-
-
-def operator_name(by: str | None) -> str:
-    """The person recorded as the actor: --by, else the OS user."""
-    name = (by if by is not None else _os_user()).strip()
-    if not name or len(name) > 128 or not name.isprintable():
-        raise InvalidInput("--by must be 1-128 printable characters")
-    refuse_card_numbers(name, "--by")
-    return name
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (e.g. a DynamicUser without a name)
-        return "unknown"
 
 
 def _when(value: datetime | None) -> str:

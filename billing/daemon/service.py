@@ -17,6 +17,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from billing import metrics
+from billing.daemon.sdnotify import notify
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.engine.billing_pass import RunSummary, run_billing_pass
 from billing.engine.charge import UNRESOLVED
@@ -67,6 +68,7 @@ class Daemon:
                 pending=summary.count("pending"),
                 unknown=summary.count("unknown"),
             )
+            notify(f"STATUS={status_line(summary)}")  # systemctl status shows the last pass
         elif time.monotonic() - self._last_log >= HEARTBEAT_SECONDS:
             self._last_log = time.monotonic()
             log_event(log, "daemon.heartbeat", node=self.ctx.node, note="alive, nothing due")
@@ -170,3 +172,13 @@ class Daemon:
 def _age(now: datetime, since: datetime | None) -> float:
     """Seconds since `since` (min() keeps the UTCDateTime column type, so it is aware)."""
     return 0.0 if since is None else max(0.0, (now - since).total_seconds())
+
+
+def status_line(summary: RunSummary) -> str:
+    """One human line about a pass, for systemd's STATUS= (no ids, no amounts)."""
+    return (
+        f"last pass {summary.as_of:%Y-%m-%d %H:%M} UTC: {summary.invoices_created} invoiced, "
+        f"{summary.attempts} charged ({summary.count('approved')} approved, "
+        f"{summary.count('declined')} declined, {summary.count('unknown')} unknown), "
+        f"{summary.subscriptions_held} held"
+    )

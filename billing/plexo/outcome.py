@@ -199,13 +199,7 @@ def outcome_from_error(
     Declined only on a recognised Plexo body (see the module docstring); everything else is
     `unknown` so the reconciler asks Plexo before anything is resent.
     """
-    if (
-        reference_id is not None
-        and isinstance(body, Mapping)
-        and _text(camel_keys(body).get("referenceId")) == reference_id
-        and _text(camel_keys(body).get("status")) is not None
-        and "code" not in camel_keys(body)
-    ):
+    if reference_id is not None and _is_payment_for(body, reference_id):
         # A payment body for our own charge under an error status: its status decides.
         return outcome_from_payment(body, http_status=http_status, reference_id=reference_id)
     loose = ErrorEnvelope.parse(body)
@@ -259,6 +253,18 @@ def outcome_from_error(
     ):
         return declined(envelope.code or "request-refused", not_charged=True)
     return unknown("unclassified gateway answer")
+
+
+def _is_payment_for(body: Any, reference_id: str) -> bool:
+    """A payment body (a status, no error `code`) that names our referenceId."""
+    if not isinstance(body, Mapping):
+        return False
+    data = camel_keys(body)
+    return (
+        _text(data.get("referenceId")) == reference_id
+        and _text(data.get("status")) is not None
+        and "code" not in data
+    )
 
 
 def _envelope_payment_id(body: Any) -> str | None:

@@ -19,10 +19,11 @@ CHARGES = Counter(
     ["outcome", "decline_class"],
     registry=REGISTRY,
 )
-CHARGED_AMOUNT = Counter(
-    "billing_charged_amount_minor_total",
-    "Approved amounts in minor units, by currency.",
-    ["currency"],
+CHARGE_AMOUNT = Counter(
+    "billing_charge_amount_minor_total",
+    "Amounts of charge attempts in minor units, by currency and outcome (approved is money "
+    "collected).",
+    ["currency", "outcome"],
     registry=REGISTRY,
 )
 CALLBACKS = Counter(
@@ -95,6 +96,130 @@ NOTIFICATIONS_DELIVERED = Counter(
     ["channel"],
     registry=REGISTRY,
 )
+
+# --- runs and jobs -------------------------------------------------------------------------
+RUNS = Counter(
+    "billing_runs_total",
+    "Billing passes and reconciler sweeps that ended, by kind (pass, reconcile) and state "
+    "(completed, interrupted).",
+    ["kind", "state"],
+    registry=REGISTRY,
+)
+RUN_INVOICES = Histogram(
+    "billing_run_invoices_processed",
+    "Invoices a billing pass tried to charge, per pass.",
+    buckets=(0, 1, 10, 100, 1000, 10000, 100000),
+    registry=REGISTRY,
+)
+RUN_ATTEMPTS = Histogram(
+    "billing_run_charge_attempts",
+    "Charge attempts a billing pass made, per pass.",
+    buckets=(0, 1, 10, 100, 1000, 10000, 100000),
+    registry=REGISTRY,
+)
+JOB_RUNS = Counter(
+    "billing_job_runs_total",
+    "Scheduler job runs that finished, with or without error, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+JOB_ERRORS = Counter(
+    "billing_job_errors_total",
+    "Scheduler job runs that raised, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+JOB_MISSED = Counter(
+    "billing_job_missed_total",
+    "Scheduler job runs skipped because the previous one overran its slot, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+JOB_INTERVAL = Gauge(
+    "billing_job_interval_seconds",
+    "The configured interval of each scheduler job (alerts measure staleness against it).",
+    ["job"],
+    registry=REGISTRY,
+)
+
+# --- retries and dunning -------------------------------------------------------------------
+RETRIES_SCHEDULED = Counter(
+    "billing_retries_scheduled_total",
+    "Declined attempts for which another attempt was scheduled, by decline class.",
+    ["decline_class"],
+    registry=REGISTRY,
+)
+DUNNING = Counter(
+    "billing_dunning_transitions_total",
+    "Dunning funnel: subscriptions entering past_due, recovered by a later charge, invoices "
+    "ending uncollectible.",
+    ["stage"],
+    registry=REGISTRY,
+)
+FINAL_ACTIONS = Counter(
+    "billing_dunning_final_actions_total",
+    "Final actions applied when a retry chain was exhausted, by kind.",
+    ["action"],
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "billing_outbox_oldest_pending_age_seconds",
+    "How long the oldest pending notification delivery has waited, by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+
+# --- the process ---------------------------------------------------------------------------
+BUILD_INFO = Gauge(
+    "billing_build_info",
+    "Always 1: the running version and the database's schema revision.",
+    ["version", "schema_revision"],
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "billing_ready",
+    "1 when /readyz answers ready (DB reachable, schema at head, scheduler running, last pass "
+    "not stale), else 0.",
+    registry=REGISTRY,
+)
+
+JOBS = ("billing_pass", "reconcile", "lease_reaper", "expiry_warnings", "notify")
+CHARGE_OUTCOMES = ("approved", "declined", "pending", "unknown")
+DUNNING_STAGES = ("past_due", "recovered", "uncollectible")
+CHANNELS = ("webhook", "email")
+
+
+def precreate_labels() -> None:
+    """Every bounded label set exists at 0 from the start, so rate() and absent() work before
+    the first event (imports stay local: this module is imported by light CLI paths)."""
+    from billing.domain.declines import DeclineClass
+    from billing.domain.money import CURRENCY_DIGITS
+    from billing.domain.retry import FinalAction
+
+    for currency in CURRENCY_DIGITS:
+        for outcome in CHARGE_OUTCOMES:
+            CHARGE_AMOUNT.labels(currency=currency, outcome=outcome)
+    for outcome in CHARGE_OUTCOMES:
+        CHARGES.labels(outcome=outcome, decline_class="")
+    for cls in DeclineClass:
+        CHARGES.labels(outcome="declined", decline_class=str(cls))
+        RETRIES_SCHEDULED.labels(decline_class=str(cls))
+    for kind in ("pass", "reconcile"):
+        for state in ("completed", "interrupted"):
+            RUNS.labels(kind=kind, state=state)
+    for job in JOBS:
+        JOB_RUNS.labels(job=job)
+        JOB_ERRORS.labels(job=job)
+        JOB_MISSED.labels(job=job)
+    for stage in DUNNING_STAGES:
+        DUNNING.labels(stage=stage)
+    for action in FinalAction:
+        FINAL_ACTIONS.labels(action=str(action))
+    for channel in CHANNELS:
+        OUTBOX_OLDEST_AGE.labels(channel=channel)
+        NOTIFICATIONS_DELIVERED.labels(channel=channel)
+        for state in ("pending", "dead"):
+            OUTBOX_BACKLOG.labels(channel=channel, state=state)
 
 
 def gateway_observer(route: str, status: int | None, seconds: float) -> None:

@@ -63,8 +63,9 @@ def observe(result: AttemptResult) -> None:
     if result.outcome == "skipped":
         return
     metrics.CHARGES.labels(outcome=result.outcome, decline_class=result.decline_class or "").inc()
-    if result.outcome == "approved":
-        metrics.CHARGED_AMOUNT.labels(currency=result.currency).inc(result.amount_minor)
+    metrics.CHARGE_AMOUNT.labels(currency=result.currency, outcome=result.outcome).inc(
+        result.amount_minor
+    )
 
 
 def run_billing_pass(

@@ -31,7 +31,7 @@ log = logging.getLogger("billing.metrics")
 
 # No `*_created` series beside every counter and histogram: nothing reads them, and the text
 # format exposes each as one more gauge per label set.
-disable_created_metrics()  # type: ignore[no-untyped-call]  (untyped in prometheus_client)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes...
 

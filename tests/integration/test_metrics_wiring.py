@@ -21,6 +21,7 @@ from billing.engine.billing_pass import run_billing_pass
 from billing.engine.invoices import mark_uncollectible
 from billing.engine.invoicing import create_due_invoices
 from billing.engine.reconcile import reconcile
+from billing.notify.deliver import Notifier
 from billing.store import aftercommit
 from tests.integration.conftest import START, Env
 from tests.integration.test_dunning import (
@@ -33,6 +34,8 @@ from tests.integration.test_dunning import (
     pass_at,
     sub_of,
 )
+from tests.integration.test_notifications import decline_one, hooks
+from tests.receivers import WebhookReceiver, webhook_receiver
 
 AMOUNT = 59000  # ensure_plan: 590.00 UYU
 
@@ -162,3 +165,28 @@ def test_a_decline_whose_commit_fails_counts_nothing_until_it_is_recorded(env: E
 @pytest.fixture(autouse=True)
 def _labels() -> None:
     metrics.precreate_labels()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as r:
+        yield r
+
+
+def test_the_outbox_gauges_show_the_backlog_and_its_oldest_pending_age(
+    env: Env, receiver: WebhookReceiver
+) -> None:
+    decline_one(env)  # payment_failed and past_due: two webhook deliveries to make
+    notifier = Notifier(env.ctx, hooks(receiver))
+    try:
+        empty = notifier.gauge_samples()
+        assert empty[metrics.OUTBOX_OLDEST_AGE.name] == {("webhook",): 0, ("email",): 0}
+        receiver.fail_next = 1000
+        notifier.run()  # fanned out, tried once, failed: pending with a backoff
+        env.clock.advance(timedelta(minutes=10))
+        gauges = notifier.gauge_samples()
+        assert gauges[metrics.OUTBOX_BACKLOG.name][("webhook", "pending")] == 2
+        assert gauges[metrics.OUTBOX_BACKLOG.name][("email", "pending")] == 0
+        assert gauges[metrics.OUTBOX_OLDEST_AGE.name] == {("webhook",): 600, ("email",): 0}
+    finally:
+        notifier.close()

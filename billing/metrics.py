@@ -35,8 +35,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
-# How long a DB-derived value is served before the next scrape reads the database again.
+# How long a DB-derived value is served before the next scrape reads the database again,
+# and how long a scrape waits for that read before serving the values it has.
 CACHE_TTL_SECONDS = 15.0
+READ_WAIT_SECONDS = 2.0
 
 Labels = tuple[str, ...]
 Samples = Mapping[str, Mapping[Labels, float]]
@@ -58,9 +60,10 @@ class StoreGauge:
 class CachedCollector(Collector):
     """Serves `gauges` from `query()` (see `bind`), read at most once per `ttl` seconds.
 
-    Never queries at registration (describe() names the families). Concurrent scrapes share
-    one query: while one scrape reads, the others serve the values they have. A failed query
-    keeps the last values (logged, never raised) and is tried again after `ttl`.
+    Never queries at registration (describe() names the families). The read runs in its own
+    thread, one at a time: concurrent scrapes wait for the same read, each at most `wait`
+    seconds, then serve the values they have (a database that hangs cannot hold a scrape).
+    A failed read keeps the last values (logged, never raised) and is tried again after `ttl`.
     """
 
     def __init__(
@@ -69,22 +72,28 @@ class CachedCollector(Collector):
         gauges: Sequence[StoreGauge],
         ttl: float = CACHE_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        wait: float = READ_WAIT_SECONDS,
     ) -> None:
         self.name = name
         self.gauges = tuple(gauges)
         self.ttl = ttl
+        self.wait = wait
         self._clock = clock
+        self._lock = threading.Lock()
         self._query: Callable[[], Samples] | None = None
         self._values: Samples = {}
         self._read_at = -math.inf
-        self._reading = threading.Lock()
+        self._reading: threading.Event | None = None  # set when the read in flight ends
+        self._generation = 0  # bumped by bind(): a read of a previous query is discarded
 
     def bind(self, query: Callable[[], Samples] | None) -> None:
         """Read from `query` from now on (None: serve nothing); forgets the cached values."""
-        with self._reading:
+        with self._lock:
             self._query = query
             self._values = {}
             self._read_at = -math.inf
+            self._reading = None
+            self._generation += 1
 
     def describe(self) -> Iterator[Metric]:
         for gauge in self.gauges:
@@ -100,28 +109,41 @@ class CachedCollector(Collector):
             yield family
 
     def _refresh(self) -> None:
-        if self._query is None or self._clock() - self._read_at < self.ttl:
-            return
-        # The first read is waited for; later ones are not (the last values are served).
-        if not self._reading.acquire(blocking=not self._values):
-            return
+        with self._lock:
+            if self._query is None:
+                return
+            if self._reading is None:
+                if self._clock() - self._read_at < self.ttl:
+                    return
+                self._reading = threading.Event()
+                threading.Thread(
+                    target=self._read,
+                    args=(self._query, self._generation, self._reading),
+                    name=f"metrics-{self.name}",
+                    daemon=True,
+                ).start()
+            reading = self._reading
+        reading.wait(self.wait)
+
+    def _read(self, query: Callable[[], Samples], generation: int, done: threading.Event) -> None:
+        values: Samples | None = None
         try:
-            query = self._query
-            if query is None or self._clock() - self._read_at < self.ttl:
-                return  # another scrape just read
-            try:
-                self._values = dict(query())
-            except Exception as exc:  # the database hiccuped: a scrape must not fail for it
-                log_event(
-                    log,
-                    "metrics.read_failed",
-                    logging.WARNING,
-                    collector=self.name,
-                    error=type(exc).__name__,  # not its text: it could name the database URL
-                )
-            self._read_at = self._clock()
-        finally:
-            self._reading.release()
+            values = dict(query())
+        except Exception as exc:  # the database hiccuped: a scrape must not fail for it
+            log_event(
+                log,
+                "metrics.read_failed",
+                logging.WARNING,
+                collector=self.name,
+                error=type(exc).__name__,  # not its text: it could name the database URL
+            )
+        with self._lock:
+            if generation == self._generation:
+                if values is not None:
+                    self._values = values
+                self._read_at = self._clock()
+                self._reading = None
+        done.set()
 
 
 CHARGES = Counter(

@@ -21,8 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+import billing
 from billing import metrics
-from billing.store.migrate import upgrade
+from billing.store.migrate import script_heads, upgrade
 from tests.e2e.conftest import (
     Proc,
     Sandbox,
@@ -140,18 +141,32 @@ def test_metrics_health_and_readiness_of_a_billing_daemon(
     assert endpoint.value("billing_run_charge_attempts_sum") == 5
     assert endpoint.value("billing_ready") == 1
     [build] = families["billing_build_info"].samples
-    assert build.value == 1 and build.labels["schema_revision"] and build.labels["version"]
-    # The DB-derived gauges are cached (15 s): they catch up within a TTL or two.
+    assert build.value == 1 and build.labels == {
+        "version": billing.__version__,
+        "schema_revision": ",".join(sorted(script_heads())),
+    }
+    assert (endpoint.value("process_resident_memory_bytes") or 0) > 0
+    # The DB-derived gauges are read once per 15 s: new subscriptions show within a TTL or so.
+    assert endpoint.value("billing_subscriptions", status="active") == 5
+    with billing_context(sqlite_url, sandbox.url) as ctx:
+        seed_due(ctx, sandbox.url, 8, threads=2)
+        wait_until(
+            lambda: endpoint.value("billing_subscriptions", status="active") == 8,
+            60,
+            "billing_subscriptions{status=active} 8",
+            0.5,
+            daemon.died,
+        )
+        wait_all_paid(ctx, 8, 120, daemon)
     wait_until(
-        lambda: endpoint.value("billing_subscriptions", status="active") == 5,
-        60,
-        "billing_subscriptions{status=active} 5",
-        0.5,
+        lambda: endpoint.value("billing_charges_total", outcome="approved", decline_class="") == 8,
+        30,
+        "8 approved charges",
+        0.2,
         daemon.died,
     )
-    assert endpoint.value("billing_due_invoices") == 0
     assert endpoint.value("billing_unknown_outcomes") == 0
-    assert (endpoint.value("process_resident_memory_bytes") or 0) > 0
+    assert endpoint.value("billing_due_invoice_oldest_age_seconds") == 0
     sigterm_and_check(daemon, 30)
 
 

@@ -1,17 +1,150 @@
-"""Every Prometheus metric in one place. Labels are bounded: never a customer or invoice id."""
+"""Every Prometheus metric in one place. Labels are bounded: never a customer or invoice id.
+
+Most metrics are counted where things happen. The ones read from the database (backlogs,
+ages, subscriptions by status) are `StoreGauge`s served by two `CachedCollector`s registered
+below: the daemon binds them to its queries; nothing is queried at import or registration.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from billing.logs import log_event
+
+log = logging.getLogger("billing.metrics")
+
+# No `*_created` series beside every counter and histogram: nothing reads them, and the text
+# format exposes each as one more gauge per label set.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, process_resident_memory_bytes...
+
+# How long a DB-derived value is served before the next scrape reads the database again,
+# and how long a scrape waits for that read before serving the values it has.
+CACHE_TTL_SECONDS = 15.0
+READ_WAIT_SECONDS = 2.0
+
+Labels = tuple[str, ...]
+Samples = Mapping[str, Mapping[Labels, float]]
+"""What a store query returns: {family name: {label values: value}}."""
+
+
+@dataclass(frozen=True)
+class StoreGauge:
+    """A gauge whose value is read from the database by a cached collector, not set."""
+
+    name: str
+    documentation: str
+    labels: Labels = ()
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=list(self.labels))
+
+
+class CachedCollector(Collector):
+    """Serves `gauges` from `query()` (see `bind`), read at most once per `ttl` seconds.
+
+    Never queries at registration (describe() names the families). The read runs in its own
+    thread, one at a time: concurrent scrapes wait for the same read, each at most `wait`
+    seconds, then serve the values they have (a database that hangs cannot hold a scrape).
+    A failed read keeps the last values (logged, never raised) and is tried again after `ttl`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        gauges: Sequence[StoreGauge],
+        ttl: float = CACHE_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wait: float = READ_WAIT_SECONDS,
+    ) -> None:
+        self.name = name
+        self.gauges = tuple(gauges)
+        self.ttl = ttl
+        self.wait = wait
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._query: Callable[[], Samples] | None = None
+        self._values: Samples = {}
+        self._read_at = -math.inf
+        self._reading: threading.Event | None = None  # set when the read in flight ends
+        self._generation = 0  # bumped by bind(): a read of a previous query is discarded
+
+    def bind(self, query: Callable[[], Samples] | None) -> None:
+        """Read from `query` from now on (None: serve nothing); forgets the cached values."""
+        with self._lock:
+            self._query = query
+            self._values = {}
+            self._read_at = -math.inf
+            self._reading = None
+            self._generation += 1
+
+    def describe(self) -> Iterator[Metric]:
+        for gauge in self.gauges:
+            yield gauge.family()
+
+    def collect(self) -> Iterator[Metric]:
+        self._refresh()
+        values = self._values  # replaced whole, never mutated: a consistent snapshot
+        for gauge in self.gauges:
+            family = gauge.family()
+            for labels, value in sorted(values.get(gauge.name, {}).items()):
+                family.add_metric(list(labels), value)
+            yield family
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if self._query is None:
+                return
+            if self._reading is None:
+                if self._clock() - self._read_at < self.ttl:
+                    return
+                self._reading = threading.Event()
+                threading.Thread(
+                    target=self._read,
+                    args=(self._query, self._generation, self._reading),
+                    name=f"metrics-{self.name}",
+                    daemon=True,
+                ).start()
+            reading = self._reading
+        reading.wait(self.wait)
+
+    def _read(self, query: Callable[[], Samples], generation: int, done: threading.Event) -> None:
+        values: Samples | None = None
+        try:
+            values = dict(query())
+        except Exception as exc:  # the database hiccuped: a scrape must not fail for it
+            log_event(
+                log,
+                "metrics.read_failed",
+                logging.WARNING,
+                collector=self.name,
+                error=type(exc).__name__,  # not its text: it could name the database URL
+            )
+        with self._lock:
+            if generation == self._generation:
+                if values is not None:
+                    self._values = values
+                self._read_at = self._clock()
+                self._reading = None
+        done.set()
+
 
 CHARGES = Counter(
     "billing_charges_total",
@@ -51,38 +184,36 @@ LAST_TICK = Gauge(
     ["job"],
     registry=REGISTRY,
 )
-UNKNOWN_OUTCOMES = Gauge(
+# --- read from the database: served by the cached collectors at the end of this module ---
+SUBSCRIPTIONS = StoreGauge("billing_subscriptions", "Subscriptions by status.", ("status",))
+UNKNOWN_OUTCOMES = StoreGauge(
     "billing_unknown_outcomes",
     "Charge attempts whose outcome is not yet known (sending, unknown, pending).",
-    registry=REGISTRY,
 )
-UNKNOWN_OLDEST_AGE = Gauge(
+UNKNOWN_OLDEST_AGE = StoreGauge(
     "billing_unknown_outcome_oldest_age_seconds",
     "Age of the oldest unresolved charge attempt.",
-    registry=REGISTRY,
 )
-DUE_BACKLOG = Gauge(
-    "billing_due_invoices",
-    "Open invoices due for an attempt now.",
-    registry=REGISTRY,
-)
-DUE_OLDEST_AGE = Gauge(
+DUE_BACKLOG = StoreGauge("billing_due_invoices", "Open invoices due for an attempt now.")
+DUE_OLDEST_AGE = StoreGauge(
     "billing_due_invoice_oldest_age_seconds",
     "How long the oldest due invoice has waited.",
-    registry=REGISTRY,
 )
-SUBSCRIPTIONS_HELD = Gauge(
+SUBSCRIPTIONS_HELD = StoreGauge(
     "billing_subscriptions_held",
     "Subscriptions held for review: more periods due at once than the catch-up cap.",
-    registry=REGISTRY,
 )
-
-OUTBOX_BACKLOG = Gauge(
+OUTBOX_BACKLOG = StoreGauge(
     "billing_outbox_deliveries",
     "Notification deliveries waiting (pending) or dead-lettered, by channel (webhook, email).",
-    ["channel", "state"],
-    registry=REGISTRY,
+    ("channel", "state"),
 )
+OUTBOX_OLDEST_AGE = StoreGauge(
+    "billing_outbox_oldest_pending_age_seconds",
+    "How long the oldest pending notification delivery has waited, by channel.",
+    ("channel",),
+)
+
 NOTIFICATION_FAILURES = Counter(
     "billing_notification_delivery_failures_total",
     "Failed notification delivery tries by channel and reason (timeout, connect, http_4xx, "
@@ -162,12 +293,6 @@ FINAL_ACTIONS = Counter(
     ["action"],
     registry=REGISTRY,
 )
-OUTBOX_OLDEST_AGE = Gauge(
-    "billing_outbox_oldest_pending_age_seconds",
-    "How long the oldest pending notification delivery has waited, by channel.",
-    ["channel"],
-    registry=REGISTRY,
-)
 
 # --- the process ---------------------------------------------------------------------------
 BUILD_INFO = Gauge(
@@ -216,10 +341,7 @@ def precreate_labels() -> None:
     for action in FinalAction:
         FINAL_ACTIONS.labels(action=str(action))
     for channel in CHANNELS:
-        OUTBOX_OLDEST_AGE.labels(channel=channel)
         NOTIFICATIONS_DELIVERED.labels(channel=channel)
-        for state in ("pending", "dead"):
-            OUTBOX_BACKLOG.labels(channel=channel, state=state)
 
 
 def gateway_observer(route: str, status: int | None, seconds: float) -> None:
@@ -228,29 +350,29 @@ def gateway_observer(route: str, status: int | None, seconds: float) -> None:
     GATEWAY_LATENCY.labels(route=route, status=label).observe(seconds)
 
 
-class SubscriptionStateCollector(Collector):
-    """billing_subscriptions{status}: read from the database at most every `ttl` seconds, so a
-    scrape never queues behind billing work."""
+STORE = CachedCollector(
+    "store",
+    (
+        SUBSCRIPTIONS,
+        SUBSCRIPTIONS_HELD,
+        DUE_BACKLOG,
+        DUE_OLDEST_AGE,
+        UNKNOWN_OUTCOMES,
+        UNKNOWN_OLDEST_AGE,
+    ),
+)
+OUTBOX = CachedCollector("outbox", (OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE))
+REGISTRY.register(STORE)
+REGISTRY.register(OUTBOX)
 
-    def __init__(self, count_by_status: Callable[[], dict[str, int]], ttl: float = 30.0) -> None:
-        self._count = count_by_status
-        self._ttl = ttl
-        self._cached: dict[str, int] = {}
-        self._at = -math.inf
-        self._lock = threading.Lock()
 
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if time.monotonic() - self._at > self._ttl:
-                try:
-                    self._cached = self._count()
-                    self._at = time.monotonic()
-                except Exception:  # a scrape must not fail because the DB hiccuped
-                    pass
-            counts = dict(self._cached)
-        family = GaugeMetricFamily(
-            "billing_subscriptions", "Subscriptions by status.", labels=["status"]
-        )
-        for status, count in sorted(counts.items()):
-            family.add_metric([status], count)
-        yield family
+def set_build_info(version: str, schema_revision: str) -> None:
+    """billing_build_info{version, schema_revision} = 1, the only label set."""
+    BUILD_INFO.clear()
+    BUILD_INFO.labels(version=version, schema_revision=schema_revision).set(1)
+
+
+def declared_names(registry: CollectorRegistry = REGISTRY) -> set[str]:
+    """Every metric family the registry serves (as named in the exposition's TYPE lines);
+    a bound cached collector is read for it, an unbound one just names its families."""
+    return {metric.name for metric in registry.collect()}

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 
 from billing.engine.callbacks import handle_payment_callback
 from billing.engine.context import BillingContext
 from billing.errors import ListenFailed
+from billing.httpserve import LoopbackHTTPServer, ServerThread
 from billing.logs import log_event
 from billing.settings import CALLBACK_PATH
 
@@ -26,13 +25,8 @@ log = logging.getLogger("billing.daemon")
 MAX_BODY = 256 * 1024  # a PaymentDto is a few KB
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], ctx: BillingContext, token: str) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.ctx = ctx
         self.path_bytes = f"{CALLBACK_PATH}/{token}".encode()
         super().__init__(address, _Handler)
@@ -95,34 +89,22 @@ class CallbackReceiver:
             raise ListenFailed(
                 "the callback receiver", host, port, error, "BILLING_CALLBACK_PORT"
             ) from None
-        self._thread: threading.Thread | None = None
+        self._serving = ServerThread(self._httpd, "plexo-callbacks")
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._serving.port
 
     @property
     def base_url(self) -> str:
-        host = str(self._httpd.server_address[0])
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return self._serving.url
 
     def start(self) -> CallbackReceiver:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                kwargs={"poll_interval": 0.2},
-                name="plexo-callbacks",
-                daemon=True,
-            )
-            self._thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
+        self._serving.stop()
 
     def __enter__(self) -> CallbackReceiver:
         return self.start()

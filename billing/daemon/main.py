@@ -7,19 +7,19 @@ import os
 import threading
 import time
 
-from prometheus_client import start_http_server
-
+import billing
 from billing import metrics
 from billing.daemon.callbacks import CallbackReceiver
+from billing.daemon.endpoints import Endpoints, Readiness
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
 from billing.engine.runs import close_stale_runs
-from billing.errors import ListenFailed
 from billing.logs import configure_logging, log_event
 from billing.notify.config import NotifyConfig
 from billing.notify.deliver import Notifier
 from billing.settings import Settings
+from billing.store.migrate import script_heads, stored_revisions
 from billing.wiring import node_name, open_context
 
 log = logging.getLogger("billing.daemon")
@@ -39,12 +39,17 @@ def run_daemon(cfg: Settings) -> int:
         notifier = Notifier(ctx, NotifyConfig.from_settings(cfg))
         daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds, notifier=notifier)
         daemon.install_signal_handlers()
-        collector = metrics.SubscriptionStateCollector(daemon.subscriptions_by_status)
-        metrics.REGISTRY.register(collector)
+        _start_metrics(cfg, daemon, notifier)
+        endpoints = (
+            Endpoints(cfg.metrics_address, cfg.metrics_port).start() if cfg.metrics_port else None
+        )
         try:
-            finished = _serve(cfg, daemon, node)
+            finished = _serve(cfg, daemon, node, endpoints)
         finally:
-            metrics.REGISTRY.unregister(collector)
+            if endpoints is not None:
+                endpoints.stop()
+            metrics.STORE.bind(None)
+            metrics.OUTBOX.bind(None)
             notifier.close()
     if not finished:
         # Charges still in flight past the budget: their attempts are written ahead and their
@@ -54,19 +59,27 @@ def run_daemon(cfg: Settings) -> int:
     return 0
 
 
-def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
+def _start_metrics(cfg: Settings, daemon: Daemon, notifier: Notifier) -> None:
+    """Label sets at 0, build info, and the DB-derived gauges bound to this daemon's store
+    (read on scrape, cached: see metrics.CachedCollector)."""
+    metrics.precreate_labels()
+    metrics.set_build_info(_version(), ",".join(sorted(stored_revisions(cfg.database_url))))
+    metrics.STORE.bind(daemon.store_samples)
+    metrics.OUTBOX.bind(notifier.gauge_samples)
+
+
+def _version() -> str:
+    """The installed distribution's version (a wheel's metadata), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plexo-billing")
+    except PackageNotFoundError:
+        return billing.__version__
+
+
+def _serve(cfg: Settings, daemon: Daemon, node: str, endpoints: Endpoints | None = None) -> bool:
     """Run the jobs until asked to stop; True when in-flight work finished within budget."""
-    if cfg.metrics_port:
-        try:
-            start_http_server(cfg.metrics_port, addr=cfg.metrics_address, registry=metrics.REGISTRY)
-        except OSError as exc:  # a second daemon on this host, or an address not ours
-            raise ListenFailed(
-                "the metrics endpoint",
-                cfg.metrics_address,
-                cfg.metrics_port,
-                exc,
-                "BILLING_METRICS_PORT (0 turns it off)",
-            ) from None
     receiver = None
     if cfg.callback_enabled:  # Plexo's payment callbacks: hints, confirmed with a GET
         token = cfg.callback_token.get_secret_value()
@@ -82,6 +95,8 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         notify_seconds=cfg.notify_seconds,
     )
     scheduler.start()
+    if endpoints is not None:
+        endpoints.readiness = Readiness(daemon, scheduler, script_heads(), cfg.tick_seconds)
     log_event(
         log,
         "daemon.ready",
@@ -89,6 +104,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         concurrency=daemon.ctx.concurrency,
         environment=cfg.plexo_environment,
         metrics_port=cfg.metrics_port,
+        metrics_url=f"{endpoints.url}/metrics" if endpoints else None,
         callback_port=cfg.callback_port if receiver else None,
     )
     notify(f"READY=1\nSTATUS=billing on {node}")

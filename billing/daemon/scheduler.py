@@ -8,10 +8,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+    JobExecutionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
+from billing import metrics
 from billing.daemon.service import Daemon
 from billing.logs import log_event
 
@@ -62,4 +71,28 @@ def build_scheduler(
         )
 
     scheduler.add_listener(on_error, EVENT_JOB_ERROR)
+    count_jobs(scheduler)
     return scheduler
+
+
+def count_jobs(scheduler: BackgroundScheduler) -> None:
+    """Job metrics from the scheduler's own events, and each job's configured interval.
+
+    A run skipped because the previous one still runs (max_instances) or that woke too late
+    for its slot (misfire) both count as missed: either way that slot's work did not start.
+    """
+    for job in scheduler.get_jobs():
+        if isinstance(job.trigger, IntervalTrigger):
+            metrics.JOB_INTERVAL.labels(job=job.id).set(job.trigger.interval.total_seconds())
+
+    def on_event(event: JobEvent) -> None:
+        if event.code in (EVENT_JOB_EXECUTED, EVENT_JOB_ERROR):
+            metrics.JOB_RUNS.labels(job=event.job_id).inc()
+        if event.code == EVENT_JOB_ERROR:
+            metrics.JOB_ERRORS.labels(job=event.job_id).inc()
+        elif event.code in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES):
+            metrics.JOB_MISSED.labels(job=event.job_id).inc()
+
+    scheduler.add_listener(
+        on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES
+    )

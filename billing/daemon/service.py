@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from types import FrameType
 
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
 from billing import metrics
@@ -48,6 +48,9 @@ class Daemon:
         self.stop_budget_seconds = stop_budget_seconds
         self.stopping = threading.Event()
         self._last_log = time.monotonic()
+        self.started = time.monotonic()
+        # When the last billing pass ended without an error (monotonic); None before the first.
+        self.last_pass_finished: float | None = None
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -73,6 +76,7 @@ class Daemon:
             self._last_log = time.monotonic()
             log_event(log, "daemon.heartbeat", node=self.ctx.node, note="alive, nothing due")
         metrics.LAST_TICK.labels(job="billing_pass").set(time.time())
+        self.last_pass_finished = time.monotonic()
         return summary
 
     def reconcile(self) -> RunSummary:
@@ -104,7 +108,7 @@ class Daemon:
         return summary
 
     def lease_reaper(self) -> int:
-        """Singleton chore: free expired leases and refresh the backlog gauges."""
+        """Singleton chore: free expired leases."""
         now = self.ctx.clock.now()
         if dialect_name(self.ctx.engine) == "sqlite":
             # One daemon per SQLite file, and a held BEGIN IMMEDIATE would block the reap itself.
@@ -116,41 +120,13 @@ class Daemon:
                 freed = reap_expired(self.ctx.engine, now)
         if freed:
             log_event(log, "lease.reaped", count=freed)
-        self.refresh_gauges(now)
         metrics.LAST_TICK.labels(job="lease_reaper").set(time.time())
         return freed
 
-    def subscriptions_by_status(self) -> dict[str, int]:
-        with session(self.ctx.engine) as s:
-            rows = s.exec(
-                select(Subscription.status, func.count(col(Subscription.id))).group_by(
-                    col(Subscription.status)
-                )
-            ).all()
-        return {status: count for status, count in rows}
-
-    def refresh_gauges(self, now: datetime) -> None:
-        with session(self.ctx.engine) as s:
-            due_count, oldest_due = s.exec(
-                select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))
-                .where(Invoice.status == InvoiceStatus.open)
-                .where(col(Invoice.next_attempt_at) <= now)
-            ).one()
-            unresolved, oldest_unknown = s.exec(
-                select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
-                    col(ChargeAttempt.state).in_(UNRESOLVED)
-                )
-            ).one()
-            held = s.exec(
-                select(func.count(col(Subscription.id)))
-                .where(col(Subscription.held_at).is_not(None))
-                .where(Subscription.status != SubscriptionStatus.canceled)
-            ).one()
-        metrics.SUBSCRIPTIONS_HELD.set(held)
-        metrics.DUE_BACKLOG.set(due_count)
-        metrics.DUE_OLDEST_AGE.set(_age(now, oldest_due))
-        metrics.UNKNOWN_OUTCOMES.set(unresolved)
-        metrics.UNKNOWN_OLDEST_AGE.set(_age(now, oldest_unknown))
+    def store_samples(self) -> metrics.Samples:
+        """The DB-derived gauges (metrics.STORE): subscriptions by status, held, due backlog and
+        unresolved attempts with their oldest ages, read in one short transaction."""
+        return store_samples(self.ctx.engine, self.ctx.clock.now())
 
     # --- life ----------------------------------------------------------------------------
 
@@ -167,6 +143,43 @@ class Daemon:
         released += release_deliveries(self.ctx.engine, self.ctx.node)
         log_event(log, "lease.released", count=released)
         return released
+
+
+def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
+    """Every status and gauge is present (0 when none), so alerts need no absent()."""
+    with session(engine) as s:
+        by_status = dict(
+            s.exec(
+                select(Subscription.status, func.count(col(Subscription.id))).group_by(
+                    col(Subscription.status)
+                )
+            ).all()
+        )
+        due_count, oldest_due = s.exec(
+            select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))
+            .where(Invoice.status == InvoiceStatus.open)
+            .where(col(Invoice.next_attempt_at) <= now)
+        ).one()
+        unresolved, oldest_unknown = s.exec(
+            select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
+                col(ChargeAttempt.state).in_(UNRESOLVED)
+            )
+        ).one()
+        held = s.exec(
+            select(func.count(col(Subscription.id)))
+            .where(col(Subscription.held_at).is_not(None))
+            .where(Subscription.status != SubscriptionStatus.canceled)
+        ).one()
+    statuses = {str(status): 0.0 for status in SubscriptionStatus}
+    statuses.update({str(status): float(n) for status, n in by_status.items()})
+    return {
+        metrics.SUBSCRIPTIONS.name: {(status,): n for status, n in statuses.items()},
+        metrics.SUBSCRIPTIONS_HELD.name: {(): float(held)},
+        metrics.DUE_BACKLOG.name: {(): float(due_count)},
+        metrics.DUE_OLDEST_AGE.name: {(): _age(now, oldest_due)},
+        metrics.UNKNOWN_OUTCOMES.name: {(): float(unresolved)},
+        metrics.UNKNOWN_OLDEST_AGE.name: {(): _age(now, oldest_unknown)},
+    }
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -35,6 +35,7 @@ class RunSummary:
     invoices_created: int = 0
     subscriptions_held: int = 0  # over the catch-up cap: held for review, not invoiced
     attempts: int = 0
+    invoices_processed: int = 0  # claimed and handed to a charge (skipped ones included)
     totals: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: int | None = None
     state: str = "completed"  # completed | interrupted (stopped before it ran out of work)
@@ -68,6 +69,14 @@ def observe(result: AttemptResult) -> None:
     )
 
 
+def observe_run(summary: RunSummary) -> None:
+    """A pass or sweep ended (completed or interrupted); per-pass sizes for passes only."""
+    metrics.RUNS.labels(kind=summary.kind, state=summary.state).inc()
+    if summary.kind == "pass":
+        metrics.RUN_INVOICES.observe(summary.invoices_processed)
+        metrics.RUN_ATTEMPTS.observe(summary.attempts)
+
+
 def run_billing_pass(
     ctx: BillingContext, should_stop: Callable[[], bool] = lambda: False
 ) -> RunSummary:
@@ -92,6 +101,7 @@ def run_billing_pass(
                 if not claimed:
                     state = COMPLETED
                     break
+                summary.invoices_processed += len(claimed)
                 # One customer's invoices one after another: a card is never charged twice at
                 # once, so each charge sees the answer to the one before (a hard decline
                 # blocks the card for the next; the caps count every decline).
@@ -105,11 +115,14 @@ def run_billing_pass(
                 run.beat(summary)  # after each batch, at most once a second
     except BaseException:
         run.close_after_error(summary)
+        summary.state = INTERRUPTED
+        observe_run(summary)
         raise
     finally:
         metrics.RUN_DURATION.labels(kind="pass").observe(time.monotonic() - started_wall)
     summary.run_id = run.close(summary, state)
     summary.state = state
+    observe_run(summary)
     return summary
 
 

@@ -48,6 +48,7 @@ from billing.logs import log_event
 from billing.plexo.errors import PlexoError
 from billing.plexo.models import PaymentRequest
 from billing.plexo.outcome import MAX_RETRY_AFTER_SECONDS, ChargeOutcome
+from billing.store.aftercommit import count_after_commit
 from billing.store.claims import release_lease
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Customer, Invoice, Subscription
@@ -362,6 +363,8 @@ def _approve(
         SubscriptionStatus.trialing,
         SubscriptionStatus.incomplete,
     ) and not _has_other_unpaid(s, invoice):
+        if sub.status == SubscriptionStatus.past_due:
+            count_after_commit(s, "DUNNING", stage="recovered")
         if recovering and sub.status == SubscriptionStatus.past_due:
             set_status(
                 ctx,
@@ -436,6 +439,8 @@ def _decline(
     )
     next_at = decision.at if decision.step in (NextStep.retry, NextStep.fallback) else None
     invoice.next_attempt_at = next_at
+    if next_at is not None:
+        count_after_commit(s, "RETRIES_SCHEDULED", decline_class=decline_class)
     ids = _ids(invoice, attempt)
     if cls == DeclineClass.invalid_request:
         # Refused before any money moved (our request or credentials): not the customer's
@@ -510,6 +515,7 @@ def _end_chain(
     action = final_action(schedule)
     ids = _ids(invoice)
     applied = apply_final_action(ctx, s, sub, action, now, f"retries exhausted: {why}", ids)
+    count_after_commit(s, "DUNNING", stage="uncollectible")
     assert invoice.id is not None
     record_event(
         s,
@@ -558,6 +564,7 @@ def apply_final_action(
             **ids,
             effective_at=sub.current_period_end.isoformat(),
         )
+        count_after_commit(s, "FINAL_ACTIONS", action=str(action))
         return True
     target = {
         FinalAction.cancel_now: SubscriptionStatus.canceled,
@@ -572,6 +579,7 @@ def apply_final_action(
     set_status(ctx, s, sub, target, now, reason, **ids)
     if target == SubscriptionStatus.paused:
         sub.paused_at = now
+    count_after_commit(s, "FINAL_ACTIONS", action=str(action))
     return True
 
 
@@ -683,6 +691,7 @@ def _mark_past_due(
         SubscriptionStatus.incomplete,
     ):
         set_status(ctx, s, sub, SubscriptionStatus.past_due, now, reason, **(ids or {}))
+        count_after_commit(s, "DUNNING", stage="past_due")
 
 
 def _release(ctx: BillingContext, invoice_id: int) -> None:

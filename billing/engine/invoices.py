@@ -22,6 +22,7 @@ from billing.engine.context import BillingContext
 from billing.engine.events import record_event
 from billing.engine.subscriptions import checked_reason
 from billing.errors import Conflict, InvalidInput, NotFound
+from billing.store.aftercommit import count_after_commit
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Invoice, PaymentInstrument, Subscription, is_row_id
 
@@ -130,6 +131,8 @@ def _set_invoice_status(
             reason=reason,
             previous=old,
         )
+        if new == InvoiceStatus.uncollectible:  # written off by a person: the funnel's end too
+            count_after_commit(s, "DUNNING", stage="uncollectible")
         s.refresh(invoice)
         return invoice
 

@@ -24,7 +24,7 @@ from sqlmodel import col, select
 from billing import metrics
 from billing.domain.lifecycle import AttemptState, InvoiceStatus
 from billing.domain.text import gateway_text
-from billing.engine.billing_pass import RunSummary, observe
+from billing.engine.billing_pass import RunSummary, observe, observe_run
 from billing.engine.charge import (
     UNRESOLVED,
     AttemptResult,
@@ -34,7 +34,7 @@ from billing.engine.charge import (
 )
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
-from billing.engine.runs import COMPLETED, RunTracker
+from billing.engine.runs import COMPLETED, INTERRUPTED, RunTracker
 from billing.logs import log_event
 from billing.plexo.errors import PlexoError
 from billing.plexo.outcome import ChargeOutcome
@@ -135,10 +135,14 @@ def run_reconcile(ctx: BillingContext) -> tuple[RunSummary, ReconcileSummary]:
         swept = reconcile(ctx, run=run, on_step=on_step)
     except BaseException:
         run.close_after_error(summary)
+        summary.state = INTERRUPTED
+        observe_run(summary)
         raise
     finally:
         metrics.RUN_DURATION.labels(kind="reconcile").observe(time.monotonic() - started_wall)
     summary.run_id = run.close(summary, COMPLETED)
+    summary.state = COMPLETED
+    observe_run(summary)
     return summary, swept
 
 

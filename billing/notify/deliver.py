@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from billing import metrics
@@ -102,7 +103,6 @@ class Notifier:
                         summary.dead += 1
                     elif outcome == "pending":
                         summary.failed += 1
-        self.refresh_gauges()
         return summary
 
     def deliver_one(self, delivery_id: int) -> str:
@@ -209,21 +209,34 @@ class Notifier:
                 "gateway", f"tokenization link failed ({type(exc).__name__})"
             ) from None
 
-    def refresh_gauges(self) -> None:
-        with session(self.ctx.engine) as s:
-            rows = s.exec(
-                select(
-                    OutboxDelivery.channel, OutboxDelivery.state, func.count(col(OutboxDelivery.id))
-                )
-                .where(col(OutboxDelivery.state).in_(("pending", "dead")))
-                .group_by(col(OutboxDelivery.channel), col(OutboxDelivery.state))
-            ).all()
-        counts = {(channel, state): n for channel, state, n in rows}
-        for channel in ("webhook", "email"):
-            for state in ("pending", "dead"):
-                metrics.OUTBOX_BACKLOG.labels(channel=channel, state=state).set(
-                    counts.get((channel, state), 0)
-                )
+    def gauge_samples(self) -> metrics.Samples:
+        """The outbox gauges (metrics.OUTBOX): backlog by channel and state, oldest pending."""
+        return outbox_samples(self.ctx.engine, self.ctx.clock.now())
+
+
+def outbox_samples(engine: Engine, now: datetime) -> metrics.Samples:
+    """Pending and dead deliveries by channel, and how long the oldest pending one has waited
+    (every channel and state present, 0 when none)."""
+    with session(engine) as s:
+        rows = s.exec(
+            select(
+                OutboxDelivery.channel,
+                OutboxDelivery.state,
+                func.count(col(OutboxDelivery.id)),
+                func.min(OutboxDelivery.created_at),
+            )
+            .where(col(OutboxDelivery.state).in_(("pending", "dead")))
+            .group_by(col(OutboxDelivery.channel), col(OutboxDelivery.state))
+        ).all()
+    backlog: dict[metrics.Labels, float] = {
+        (c, st): 0.0 for c in metrics.CHANNELS for st in ("pending", "dead")
+    }
+    oldest: dict[metrics.Labels, float] = {(c,): 0.0 for c in metrics.CHANNELS}
+    for channel, state, count, first in rows:
+        backlog[(channel, state)] = float(count)
+        if state == "pending" and first is not None:
+            oldest[(channel,)] = max(0.0, (now - first).total_seconds())
+    return {metrics.OUTBOX_BACKLOG.name: backlog, metrics.OUTBOX_OLDEST_AGE.name: oldest}
 
 
 def _values(s: Session, event: OutboxEvent, customer: Customer) -> dict[str, str]:

@@ -12,12 +12,13 @@ import signal
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from billing.errors import ListenFailed
+from billing.httpserve import LoopbackHTTPServer, ServerThread
 from billing.sandbox.simulator import PlexoSimulator, SimRequest, SimResponse
 
 _log_lock = threading.Lock()
@@ -31,10 +32,8 @@ def _log(record: dict[str, Any]) -> None:
         sys.stderr.flush()
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HTTPServer(LoopbackHTTPServer):
     request_queue_size = 128
-    allow_reuse_address = True
 
     def __init__(
         self,
@@ -42,8 +41,6 @@ class _HTTPServer(ThreadingHTTPServer):
         simulator: PlexoSimulator,
         log_requests: bool,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.simulator = simulator
         self.log_requests = log_requests
         self.stopping = threading.Event()
@@ -124,43 +121,35 @@ class SandboxServer:
     ) -> None:
         self.simulator = simulator
         self._httpd = _HTTPServer((host, port), simulator, log_requests)
-        self._thread: threading.Thread | None = None
+        self._serving = ServerThread(self._httpd, "plexo-sandbox", poll_interval=0.1)
+        self._started = False
 
     @property
     def host(self) -> str:
-        return str(self._httpd.server_address[0])
+        return self._serving.host
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._serving.port
 
     @property
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:41234 (the real port when 0 was asked for)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._serving.url
 
     def start(self) -> SandboxServer:
-        if self._thread is None:
+        if not self._started:
+            self._started = True
             self.simulator.callbacks.start()
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever,
-                kwargs={"poll_interval": 0.1},  # how soon stop() is noticed
-                name="plexo-sandbox",
-                daemon=True,
-            )
-            self._thread.start()
+            self._serving.start()
         return self
 
     def stop(self) -> None:
         """Stop accepting, end any hanging fault and callback retry, close the listening socket."""
         self._httpd.stopping.set()
         self.simulator.callbacks.stop()
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
+        self._serving.stop()
+        self._started = False
 
     def __enter__(self) -> SandboxServer:
         return self.start()

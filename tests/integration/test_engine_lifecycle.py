@@ -308,7 +308,7 @@ def test_backlog_gauges_read_ages_from_the_store(env: Env) -> None:
     seed_subscriptions(env.ctx, env.sandbox_url, 2, start=START)
     create_due_invoices(env.ctx, env.clock.now())
     env.clock.advance(timedelta(minutes=10))
-    Daemon(env.ctx).refresh_gauges(env.clock.now())
-    assert metrics.DUE_BACKLOG._value.get() == 2
-    assert metrics.DUE_OLDEST_AGE._value.get() == 600.0
-    assert metrics.UNKNOWN_OUTCOMES._value.get() == 0
+    gauges = Daemon(env.ctx).store_samples()
+    assert gauges[metrics.DUE_BACKLOG.name] == {(): 2}
+    assert gauges[metrics.DUE_OLDEST_AGE.name] == {(): 600.0}
+    assert gauges[metrics.UNKNOWN_OUTCOMES.name] == {(): 0}

@@ -188,9 +188,8 @@ def test_dead_letter_after_the_limit_then_redeliver(env: Env, receiver: WebhookR
         env.clock.advance(timedelta(seconds=5))
         notifier.run()
         assert {d.state for d in deliveries(env)} == {"dead"}
-        backlog = metrics.OUTBOX_BACKLOG.labels
-        assert backlog(channel="webhook", state="dead")._value.get() == 2
-        assert backlog(channel="webhook", state="pending")._value.get() == 0
+        backlog = notifier.gauge_samples()[metrics.OUTBOX_BACKLOG.name]
+        assert backlog[("webhook", "dead")] == 2 and backlog[("webhook", "pending")] == 0
         assert {d.last_error for d in deliveries(env)} == {"HTTP 500"}
         env.clock.advance(timedelta(hours=1))
         assert notifier.run().failed == 0  # dead stays dead
@@ -207,7 +206,7 @@ def test_dead_letter_after_the_limit_then_redeliver(env: Env, receiver: WebhookR
             redeliver(env.ctx, "12; DROP TABLE", "bad id")
         receiver.fail_next = 0
         assert notifier.run().delivered == 1
-        assert backlog(channel="webhook", state="dead")._value.get() == 1
+        assert notifier.gauge_samples()[metrics.OUTBOX_BACKLOG.name][("webhook", "dead")] == 1
     finally:
         notifier.close()
     assert receiver.accepted_ids() == [event_id]

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.logs import EventFormatter, log_event
-from billing.metrics import SubscriptionStateCollector
 
 
 class FakeDaemon:
@@ -83,19 +81,3 @@ def test_one_parsable_line_per_event(fmt: str) -> None:
         assert entry["event"] == "billing.pass" and entry["attempts"] == 3
     else:
         assert "event=billing.pass" in line and 'note="two words"' in line
-
-
-def test_subscription_collector_caches_between_scrapes() -> None:
-    calls: list[int] = []
-
-    def count() -> dict[str, int]:
-        calls.append(1)
-        return {"active": 3, "past_due": 1}
-
-    registry = CollectorRegistry()
-    registry.register(SubscriptionStateCollector(count, ttl=60))
-    first = generate_latest(registry).decode()
-    generate_latest(registry)
-    assert 'billing_subscriptions{status="active"} 3.0' in first
-    assert 'billing_subscriptions{status="past_due"} 1.0' in first
-    assert len(calls) == 1

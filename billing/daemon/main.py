@@ -14,6 +14,7 @@ from billing.daemon.callbacks import CallbackReceiver
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
+from billing.daemon.watchdog import interval_seconds as watchdog_interval
 from billing.engine.runs import close_stale_runs
 from billing.errors import ListenFailed
 from billing.logs import configure_logging, log_event
@@ -23,7 +24,6 @@ from billing.settings import Settings
 from billing.wiring import node_name, open_context
 
 log = logging.getLogger("billing.daemon")
-WATCHDOG_INTERVAL_SECONDS = 10.0
 
 
 def run_daemon(cfg: Settings) -> int:
@@ -80,6 +80,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         reaper_seconds=cfg.reaper_seconds,
         expiry_seconds=cfg.expiry_check_seconds,
         notify_seconds=cfg.notify_seconds,
+        watchdog_seconds=watchdog_interval(),  # WATCHDOG=1 comes from the work pool
     )
     scheduler.start()
     log_event(
@@ -92,8 +93,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
         callback_port=cfg.callback_port if receiver else None,
     )
     notify(f"READY=1\nSTATUS=billing on {node}")
-    while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
-        notify("WATCHDOG=1")
+    daemon.stopping.wait()
     notify("STOPPING=1\nSTATUS=stopping: finishing in-flight charges")
     started = time.monotonic()
     scheduler.pause()

@@ -24,6 +24,8 @@ from billing.settings import Settings
 from billing.wiring import node_name, open_context
 
 log = logging.getLogger("billing.daemon")
+RELEASE_SECONDS = 5.0
+"""At least this long for releasing the leases at stop, even when the drain used the budget."""
 
 
 def run_daemon(cfg: Settings) -> int:
@@ -103,7 +105,12 @@ def _serve(cfg: Settings, daemon: Daemon, node: str) -> bool:
     finished = not stopper.is_alive()
     if receiver is not None:
         receiver.stop()
-    daemon.release_leases()
+    # Bounded too: a store that hangs (every job stuck on a lock) must not outlast the stop
+    # budget; unreleased leases then expire like a crashed node's.
+    releaser = threading.Thread(target=daemon.release_leases, daemon=True)
+    releaser.start()
+    releaser.join(max(cfg.stop_budget_seconds - (time.monotonic() - started), RELEASE_SECONDS))
+    finished = finished and not releaser.is_alive()
     log_event(
         log,
         "daemon.stopped",

@@ -1,7 +1,8 @@
 """The daemon speaks sd_notify to a socket the test owns, as systemd's Type=notify expects:
 READY once it is up, STATUS with the last pass's counts, WATCHDOG at half the WatchdogSec that
 systemd passes as WATCHDOG_USEC (and none without it), STOPPING on SIGTERM; a daemon whose every
-work job hangs stops sending WATCHDOG, and sends it again once they move (issue 7, item 5)."""
+work job hangs stops sending WATCHDOG, sends it again once they move, and still stops on SIGTERM
+while they hang (issue 7, item 5)."""
 
 from __future__ import annotations
 
@@ -241,3 +242,45 @@ def test_a_stuck_work_loop_stops_the_watchdog_and_a_moving_one_resumes_it(
         assert len(steady) >= 2, steady
         assert _lock_waiters(admin, database) == 0
     sigterm_and_check(daemon, 30)
+
+
+@pytest.mark.postgres
+def test_a_stuck_daemon_still_stops_on_sigterm_within_its_budget(
+    sandbox: Sandbox,
+    pg_url: str,
+    start_daemon: StartDaemon,
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """Every job hangs on our lock and SIGTERM comes: the drain budget runs out, the daemon
+    says so and exits 0 (its leases expire as a crashed node's do) before systemd's SIGKILL."""
+    sock, path = notify_socket
+    upgrade(pg_url)
+    budget = 5
+    daemon = start_daemon(
+        pg_url,
+        sandbox.url,
+        "stuck-stop",
+        NOTIFY_SOCKET=path,
+        WATCHDOG_USEC=WATCHDOG_USEC,
+        BILLING_STOP_BUDGET_SECONDS=str(budget),
+        **EVERY_JOB_OFTEN,
+    )
+    assert _pings(_collect_timed(sock, 4)), "no WATCHDOG=1 before the lock"
+    database = str(make_url(pg_url).database)
+    with (
+        psycopg.connect(_libpq(pg_url)) as locker,
+        psycopg.connect(_libpq(pg_url), autocommit=True) as admin,
+    ):
+        _lock_every_table(locker)
+        wait_until(
+            lambda: _lock_waiters(admin, database) >= 5,
+            30,
+            "every work job to wait on the lock",
+            alive=daemon.died,
+        )
+        code, seconds = daemon.signal_and_wait(signal.SIGTERM, budget + 20)
+        assert code == 0, daemon.tail()
+        stopped = daemon.events("daemon.stopped")
+        assert stopped and stopped[-1]["graceful"] is False, daemon.tail()
+        print(f"stuck daemon exited {seconds:.1f} s after SIGTERM (budget {budget} s)")
+        locker.rollback()

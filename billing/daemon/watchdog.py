@@ -2,11 +2,13 @@
 
 The ping (``WATCHDOG=1``) is one more APScheduler job, every half ``WatchdogSec``, run by the
 same ThreadPoolExecutor as the work jobs, and that pool has exactly one worker per work job, none
-spare (scheduler.py). So the ping is sent only while the scheduler thread dispatches and some
-worker gets free: a dead scheduler thread, or a pool whose every job hangs (all of them waiting
-on a lock, a hung socket), stops the pings and systemd kills and restarts the service. A job that
-fails fast (database down, gateway refusing) frees its worker and does not stop the pings: a
-restart would not help there, and readiness and the alerts say so instead.
+spare (scheduler.py). So a ping is sent only while the scheduler thread dispatches and some
+worker gets free: a dead scheduler thread, or a pool whose every job hangs (all waiting on a
+lock, or on a database that stopped answering), stops the pings, and systemd kills and restarts
+the service. The ping waits for a worker only while all the work jobs run at once; healthy, the
+short ones (lease reaper, expiry warnings) finish in milliseconds. A job that fails fast
+(database down, gateway refusing) frees its worker and does not stop the pings: a restart would
+not help there, and readiness and the alerts say so instead.
 
 Decided: an overlong billing pass alone does NOT stop the pings. On billing day a pass runs for
 minutes and holds its one worker; the other jobs keep cycling through theirs, so the ping still

@@ -240,7 +240,7 @@ def test_a_stuck_work_loop_stops_the_watchdog_and_a_moving_one_resumes_it(
         )
         steady = _pings(_collect_timed(sock, 4))
         assert len(steady) >= 2, steady
-        assert _lock_waiters(admin, database) == 0
+        wait_until(lambda: _lock_waiters(admin, database) == 0, 20, "no job left waiting")
     sigterm_and_check(daemon, 30)
 
 

@@ -329,7 +329,7 @@ def bill_with_daemon(
 ) -> None:
     """Run a daemon until `paid` invoices are paid and that many webhooks and emails went out
     (counted since the test began); post Plexo callbacks (right and wrong token), scrape
-    /metrics, stop it on SIGTERM."""
+    /metrics, /healthz and /readyz, stop it on SIGTERM."""
     metrics_port = free_port()
     daemon = processes.start(label, command, setup.env(BILLING_METRICS_PORT=str(metrics_port)))
     ready = daemon.wait_event("daemon.ready", timeout=30)
@@ -352,6 +352,9 @@ def bill_with_daemon(
         scraped = http.get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert scraped.status_code == 200 and "billing_" in scraped.text
         channels.add(f"{label} /metrics", scraped.text)
+        for path in ("/healthz", "/readyz"):  # beside /metrics (whatever they answer)
+            probe = http.get(f"http://127.0.0.1:{metrics_port}{path}")
+            channels.add(f"{label} {path}", f"{probe.status_code} {probe.headers} {probe.text}")
     sigterm_and_check(daemon, 30)
     channels.add(f"{label} log", daemon.log_text())
 

@@ -98,6 +98,7 @@ def test_ready_status_watchdog_at_half_watchdogsec_and_stopping(
     pings = _pings(seen) + _pings(window)
     statuses = [line for _, line in seen + window if line.startswith("STATUS=last pass")]
     assert statuses and "3 charged (3 approved" in statuses[0], seen + window
+    print(f"{len(pings)} pings, gaps {_gaps(pings)}")
     assert 5 <= len(pings) <= 14, (len(pings), _gaps(pings))
     assert max(_gaps(pings)) <= 3 * PING_SECONDS, _gaps(pings)
     daemon.popen.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ from billing.daemon.endpoints import Endpoints, Readiness
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.sdnotify import notify
 from billing.daemon.service import Daemon
+from billing.daemon.watchdog import interval_seconds as watchdog_interval
 from billing.engine.runs import close_stale_runs
 from billing.logs import configure_logging, log_event
 from billing.notify.config import NotifyConfig
@@ -23,7 +24,8 @@ from billing.store.migrate import script_heads, stored_revisions
 from billing.wiring import node_name, open_context
 
 log = logging.getLogger("billing.daemon")
-WATCHDOG_INTERVAL_SECONDS = 10.0
+RELEASE_SECONDS = 5.0
+"""At least this long for releasing the leases at stop, even when the drain used the budget."""
 
 
 def run_daemon(cfg: Settings) -> int:
@@ -93,6 +95,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str, endpoints: Endpoints | None
         reaper_seconds=cfg.reaper_seconds,
         expiry_seconds=cfg.expiry_check_seconds,
         notify_seconds=cfg.notify_seconds,
+        watchdog_seconds=watchdog_interval(),  # WATCHDOG=1 comes from the work pool
     )
     scheduler.start()
     if endpoints is not None:
@@ -108,8 +111,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str, endpoints: Endpoints | None
         callback_port=cfg.callback_port if receiver else None,
     )
     notify(f"READY=1\nSTATUS=billing on {node}")
-    while not daemon.stopping.wait(WATCHDOG_INTERVAL_SECONDS):
-        notify("WATCHDOG=1")
+    daemon.stopping.wait()
     notify("STOPPING=1\nSTATUS=stopping: finishing in-flight charges")
     started = time.monotonic()
     scheduler.pause()
@@ -119,7 +121,12 @@ def _serve(cfg: Settings, daemon: Daemon, node: str, endpoints: Endpoints | None
     finished = not stopper.is_alive()
     if receiver is not None:
         receiver.stop()
-    daemon.release_leases()
+    # Bounded too: a store that hangs (every job stuck on a lock) must not outlast the stop
+    # budget; unreleased leases then expire like a crashed node's.
+    releaser = threading.Thread(target=daemon.release_leases, daemon=True)
+    releaser.start()
+    releaser.join(max(cfg.stop_budget_seconds - (time.monotonic() - started), RELEASE_SECONDS))
+    finished = finished and not releaser.is_alive()
     log_event(
         log,
         "daemon.stopped",

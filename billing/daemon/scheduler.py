@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from billing import metrics
 from billing.daemon.service import Daemon
+from billing.daemon.watchdog import add_watchdog_job
 from billing.logs import log_event
 
 log = logging.getLogger("billing.daemon")
@@ -35,11 +36,9 @@ def build_scheduler(
     reaper_seconds: int,
     expiry_seconds: int = 3600,
     notify_seconds: int = 10,
+    watchdog_seconds: float | None = None,
 ) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=5)},
-        timezone=UTC,
-    )
+    """The work jobs, and systemd's watchdog ping every `watchdog_seconds` (None: no ping)."""
     start = datetime.now(UTC)
     jobs: list[tuple[str, Callable[[], Any], int]] = [
         ("billing_pass", daemon.billing_pass, tick_seconds),
@@ -48,6 +47,12 @@ def build_scheduler(
         ("expiry_warnings", daemon.expiry_warnings, expiry_seconds),
         ("notify", daemon.notify, notify_seconds),
     ]
+    # One worker per work job and none spare: the watchdog ping waits for a work job to finish,
+    # so a pool whose every job hangs stops the pings (watchdog.py).
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=len(jobs))},
+        timezone=UTC,
+    )
     for job_id, func, seconds in jobs:
         scheduler.add_job(
             func,
@@ -59,6 +64,8 @@ def build_scheduler(
             max_instances=1,
             misfire_grace_time=seconds,
         )
+    if watchdog_seconds is not None:
+        add_watchdog_job(scheduler, watchdog_seconds, start)
 
     def on_error(event: JobExecutionEvent) -> None:
         log_event(

@@ -17,8 +17,8 @@ demo: install
 	$(BIN)/billing demo
 
 lint: install
-	$(BIN)/ruff check billing tests migrations
-	$(BIN)/ruff format --check billing tests migrations
+	$(BIN)/ruff check billing tests migrations config/grafana
+	$(BIN)/ruff format --check billing tests migrations config/grafana
 
 typecheck: install
 	$(BIN)/mypy

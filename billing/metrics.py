@@ -181,7 +181,14 @@ RUN_DURATION = Histogram(
 LAST_TICK = Gauge(
     "billing_last_successful_tick_timestamp_seconds",
     "Unix time of the last job run that finished without error.",
-    ["job"],
+    ["scheduler_job"],
+    registry=REGISTRY,
+)
+PASS_PROGRESS = Gauge(
+    "billing_pass_progress_timestamp_seconds",
+    "Unix time billing passes last moved: a pass finished without error or a running pass "
+    "moved on to another invoice (set to the start time when the daemon starts). A long pass "
+    "on billing day is progress, not staleness.",
     registry=REGISTRY,
 )
 # --- read from the database: served by the cached collectors at the end of this module ---
@@ -251,25 +258,25 @@ RUN_ATTEMPTS = Histogram(
 JOB_RUNS = Counter(
     "billing_job_runs_total",
     "Scheduler job runs that finished, with or without error, by job.",
-    ["job"],
+    ["scheduler_job"],
     registry=REGISTRY,
 )
 JOB_ERRORS = Counter(
     "billing_job_errors_total",
     "Scheduler job runs that raised, by job.",
-    ["job"],
+    ["scheduler_job"],
     registry=REGISTRY,
 )
 JOB_MISSED = Counter(
     "billing_job_missed_total",
     "Scheduler job runs skipped because the previous one overran its slot, by job.",
-    ["job"],
+    ["scheduler_job"],
     registry=REGISTRY,
 )
 JOB_INTERVAL = Gauge(
     "billing_job_interval_seconds",
     "The configured interval of each scheduler job (alerts measure staleness against it).",
-    ["job"],
+    ["scheduler_job"],
     registry=REGISTRY,
 )
 
@@ -308,7 +315,8 @@ READY = Gauge(
     registry=REGISTRY,
 )
 
-JOBS = ("billing_pass", "reconcile", "lease_reaper", "expiry_warnings", "notify")
+# watchdog runs only under systemd's WatchdogSec; its missed runs are pings that waited.
+JOBS = ("billing_pass", "reconcile", "lease_reaper", "expiry_warnings", "notify", "watchdog")
 CHARGE_OUTCOMES = ("approved", "declined", "pending", "unknown")
 DUNNING_STAGES = ("past_due", "recovered", "uncollectible")
 CHANNELS = ("webhook", "email")
@@ -333,9 +341,9 @@ def precreate_labels() -> None:
         for state in ("completed", "interrupted"):
             RUNS.labels(kind=kind, state=state)
     for job in JOBS:
-        JOB_RUNS.labels(job=job)
-        JOB_ERRORS.labels(job=job)
-        JOB_MISSED.labels(job=job)
+        JOB_RUNS.labels(scheduler_job=job)
+        JOB_ERRORS.labels(scheduler_job=job)
+        JOB_MISSED.labels(scheduler_job=job)
     for stage in DUNNING_STAGES:
         DUNNING.labels(stage=stage)
     for action in FinalAction:

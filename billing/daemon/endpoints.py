@@ -168,17 +168,26 @@ class Readiness:
         return Check(True, "running")
 
     def _pass_check(self) -> Check:
+        """Stale when no pass finished within 3 ticks, unless a running pass keeps taking
+        invoices (billing day); the first pass gets a start-up grace."""
         now = time.monotonic()
         finished = self.daemon.last_pass_finished
+        moved = now - self.daemon.last_pass_progress
         if finished is None:
             waited = now - self.daemon.started
-            limit = self.stale_after + self.startup_grace
-            if waited <= limit:
+            if waited <= self.stale_after + self.startup_grace:
                 return Check(True, f"first pass running ({waited:.0f} s since start)")
+            if moved <= self.stale_after:
+                return Check(True, f"first pass running, last progress {moved:.0f} s ago")
             return Check(False, f"no pass finished in {waited:.0f} s since start")
         age = now - finished
-        ok = age <= self.stale_after
-        return Check(ok, f"last pass finished {age:.0f} s ago (stale after {self.stale_after:g} s)")
+        if age <= self.stale_after:
+            return Check(True, f"last pass finished {age:.0f} s ago")
+        if moved <= self.stale_after:
+            return Check(True, f"pass running, last progress {moved:.0f} s ago")
+        return Check(
+            False, f"last pass finished {age:.0f} s ago (stale after {self.stale_after:g} s)"
+        )
 
 
 class _Server(LoopbackHTTPServer):

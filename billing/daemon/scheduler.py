@@ -90,15 +90,17 @@ def count_jobs(scheduler: BackgroundScheduler) -> None:
     """
     for job in scheduler.get_jobs():
         if isinstance(job.trigger, IntervalTrigger):
-            metrics.JOB_INTERVAL.labels(job=job.id).set(job.trigger.interval.total_seconds())
+            metrics.JOB_INTERVAL.labels(scheduler_job=job.id).set(
+                job.trigger.interval.total_seconds()
+            )
 
     def on_event(event: JobEvent) -> None:
         if event.code in (EVENT_JOB_EXECUTED, EVENT_JOB_ERROR):
-            metrics.JOB_RUNS.labels(job=event.job_id).inc()
+            metrics.JOB_RUNS.labels(scheduler_job=event.job_id).inc()
         if event.code == EVENT_JOB_ERROR:
-            metrics.JOB_ERRORS.labels(job=event.job_id).inc()
+            metrics.JOB_ERRORS.labels(scheduler_job=event.job_id).inc()
         elif event.code in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES):
-            metrics.JOB_MISSED.labels(job=event.job_id).inc()
+            metrics.JOB_MISSED.labels(scheduler_job=event.job_id).inc()
 
     scheduler.add_listener(
         on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES

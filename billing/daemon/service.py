@@ -51,11 +51,20 @@ class Daemon:
         self.started = time.monotonic()
         # When the last billing pass ended without an error (monotonic); None before the first.
         self.last_pass_finished: float | None = None
+        # When billing passes last moved (finished, or a running one took its next invoice).
+        self.last_pass_progress = self.started
+        metrics.PASS_PROGRESS.set(time.time())
+
+    def _progress_or_stop(self) -> bool:
+        """A running pass polls this between invoices: that it does is its progress."""
+        self.last_pass_progress = time.monotonic()
+        metrics.PASS_PROGRESS.set(time.time())
+        return self.stopping.is_set()
 
     # --- jobs ----------------------------------------------------------------------------
 
     def billing_pass(self) -> RunSummary:
-        summary = run_billing_pass(self.ctx, should_stop=self.stopping.is_set)
+        summary = run_billing_pass(self.ctx, should_stop=self._progress_or_stop)
         if summary.did_work:
             self._last_log = time.monotonic()
             log_event(
@@ -75,8 +84,9 @@ class Daemon:
         elif time.monotonic() - self._last_log >= HEARTBEAT_SECONDS:
             self._last_log = time.monotonic()
             log_event(log, "daemon.heartbeat", node=self.ctx.node, note="alive, nothing due")
-        metrics.LAST_TICK.labels(job="billing_pass").set(time.time())
-        self.last_pass_finished = time.monotonic()
+        metrics.LAST_TICK.labels(scheduler_job="billing_pass").set(time.time())
+        metrics.PASS_PROGRESS.set(time.time())
+        self.last_pass_finished = self.last_pass_progress = time.monotonic()
         return summary
 
     def reconcile(self) -> RunSummary:
@@ -90,13 +100,13 @@ class Daemon:
                 resent=result.resent,
                 **{k: v for k, v in result.outcomes.items()},
             )
-        metrics.LAST_TICK.labels(job="reconcile").set(time.time())
+        metrics.LAST_TICK.labels(scheduler_job="reconcile").set(time.time())
         return summary
 
     def expiry_warnings(self) -> int:
         """Pre-dunning: warn about cards that expire before their next renewal."""
         sent = send_expiry_warnings(self.ctx)
-        metrics.LAST_TICK.labels(job="expiry_warnings").set(time.time())
+        metrics.LAST_TICK.labels(scheduler_job="expiry_warnings").set(time.time())
         return sent
 
     def notify(self) -> DeliverySummary:
@@ -104,7 +114,7 @@ class Daemon:
         if self.notifier is None:
             return DeliverySummary()
         summary = self.notifier.run(should_stop=self.stopping.is_set)
-        metrics.LAST_TICK.labels(job="notify").set(time.time())
+        metrics.LAST_TICK.labels(scheduler_job="notify").set(time.time())
         return summary
 
     def lease_reaper(self) -> int:
@@ -120,7 +130,7 @@ class Daemon:
                 freed = reap_expired(self.ctx.engine, now)
         if freed:
             log_event(log, "lease.reaped", count=freed)
-        metrics.LAST_TICK.labels(job="lease_reaper").set(time.time())
+        metrics.LAST_TICK.labels(scheduler_job="lease_reaper").set(time.time())
         return freed
 
     def store_samples(self) -> metrics.Samples:

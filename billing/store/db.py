@@ -35,7 +35,20 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
-    return create_engine(url, pool_pre_ping=True)
+    # libpq waits forever for a server that never answers: bound the connect, and let TCP
+    # keepalives end a connection to a vanished host, so jobs fail (and retry) instead of
+    # hanging. Parameters given in the URL's query win.
+    connect_args = {k: v for k, v in _PG_CONNECT_DEFAULTS.items() if k not in parsed.query}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+_PG_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

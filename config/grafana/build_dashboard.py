@@ -9,8 +9,8 @@ tests/unit/test_dashboard.py checks that the committed JSON equals this script's
 
 Queries aggregate over nodes: counters and histograms with sum(), gauges read from the shared
 database (due invoices, unknown outcomes, outbox, subscriptions) with max(), since every node
-reports the same number. The scheduler's `job` label arrives in Prometheus as `exported_job`
-(Prometheus keeps `job` for the scrape job and renames a conflicting exposed label).
+reports the same number. Scheduler jobs are in the `scheduler_job` label (`job` is the scrape
+job's).
 """
 
 from __future__ import annotations
@@ -250,8 +250,8 @@ def runs() -> list[Panel]:
             "Scheduler job runs per second by job, with or without error.",
             [
                 Query(
-                    f"sum by (exported_job) (rate(billing_job_runs_total[{RATE}]))",
-                    "{{exported_job}}",
+                    f"sum by (scheduler_job) (rate(billing_job_runs_total[{RATE}]))",
+                    "{{scheduler_job}}",
                 )
             ],
             unit="ops",
@@ -262,12 +262,12 @@ def runs() -> list[Panel]:
             "Scheduler job runs that raised, and runs skipped because the previous one overran.",
             [
                 Query(
-                    f"sum by (exported_job) (increase(billing_job_errors_total[{RATE}]))",
-                    "{{exported_job}} errors",
+                    f"sum by (scheduler_job) (increase(billing_job_errors_total[{RATE}]))",
+                    "{{scheduler_job}} errors",
                 ),
                 Query(
-                    f"sum by (exported_job) (increase(billing_job_missed_total[{RATE}]))",
-                    "{{exported_job}} missed",
+                    f"sum by (scheduler_job) (increase(billing_job_missed_total[{RATE}]))",
+                    "{{scheduler_job}} missed",
                 ),
             ],
             width=8,
@@ -280,11 +280,11 @@ def runs() -> list[Panel]:
             [
                 Query(
                     "time() - billing_last_successful_tick_timestamp_seconds",
-                    "{{instance}} {{exported_job}}",
+                    "{{instance}} {{scheduler_job}}",
                 ),
                 Query(
                     "billing_job_interval_seconds",
-                    "{{instance}} {{exported_job}} interval",
+                    "{{instance}} {{scheduler_job}} interval",
                 ),
             ],
             unit="s",

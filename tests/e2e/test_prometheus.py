@@ -205,12 +205,12 @@ def test_prometheus_scrapes_a_billing_daemon_and_the_dashboard_queries_return_da
             latencies = [values(query(http, q)).get("", math.nan) for q in quantiles]
             states = values(query(http, by_state), "status")
             due = [values(query(http, q)) for q in (due_count, due_age)]
-            runs = values(query(http, job_runs), "exported_job")
-            # The daemon's `job` label is stored as exported_job: what the rules select on.
+            runs = values(query(http, job_runs), "scheduler_job")
+            # The scheduler job is its own label, beside Prometheus's `job`: what rules select on.
             ticks = query(http, 'billing_last_successful_tick_timestamp_seconds{job="billing"}')
-            exported = {r["metric"].get("exported_job") for r in ticks}
+            exported = {r["metric"].get("scheduler_job") for r in ticks}
             interval = values(
-                query(http, 'billing_job_interval_seconds{exported_job="billing_pass"}')
+                query(http, 'billing_job_interval_seconds{scheduler_job="billing_pass"}')
             )
             return {
                 "money per currency": (
@@ -223,7 +223,7 @@ def test_prometheus_scrapes_a_billing_daemon_and_the_dashboard_queries_return_da
                 "subscriptions by state": (sum(states.values()) == charges, states),
                 "due backlog and age": (all(d.get("") is not None for d in due), due),
                 "scheduler job runs": (runs.get("billing_pass", 0) > 0, runs),
-                "exported_job label": ("billing_pass" in exported, ticks),
+                "scheduler_job label": ("billing_pass" in exported, ticks),
                 "billing_pass interval": (interval.get("", 0) > 0, interval),
             }
 

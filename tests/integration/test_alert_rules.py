@@ -84,7 +84,6 @@ def test_example_prometheus_config_is_valid_and_loads_the_rules(promtool: str) -
     assert config["rule_files"] == [RULES.name]
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "billing"
-    assert not job.get("honor_labels", False)  # the rules select on exported_job
     assert "127.0.0.1:9464" in job["static_configs"][0]["targets"]
 
 

@@ -229,7 +229,7 @@ def test_count_after_commit_increments_the_named_counter(memory_session: Session
 
 
 def counter(name: str, job: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, {"job": job}) or 0.0
+    return metrics.REGISTRY.get_sample_value(name, {"scheduler_job": job}) or 0.0
 
 
 def test_job_runs_errors_and_intervals_come_from_the_scheduler() -> None:
@@ -303,8 +303,9 @@ def wait_for(probe: Callable[[], bool], what: str, timeout: float = 30) -> None:
 class FakeDaemon:
     def __init__(self) -> None:
         self.stopping = threading.Event()
-        self.started = time.monotonic()
+        self.started = time.monotonic() - 3600
         self.last_pass_finished: float | None = None
+        self.last_pass_progress = self.started
 
 
 class RunningScheduler:
@@ -348,14 +349,27 @@ def test_ready_when_every_check_passes_and_the_gauge_mirrors_it() -> None:
 
 def test_a_pass_is_stale_after_three_ticks_with_a_grace_before_the_first() -> None:
     daemon = FakeDaemon()
-    daemon.started = time.monotonic() - 34  # within 3 x 10 s + 5 s of grace
+    daemon.started = daemon.last_pass_progress = time.monotonic() - 34  # in 3 x 10 s + 5 s
     assert readiness(daemon, healthy).evaluate().checks["last_pass"].ok
-    daemon.started = time.monotonic() - 36
+    daemon.started = daemon.last_pass_progress = time.monotonic() - 36
     assert not readiness(daemon, healthy).evaluate().checks["last_pass"].ok
-    daemon.last_pass_finished = time.monotonic() - 29
+    daemon.last_pass_finished = daemon.last_pass_progress = time.monotonic() - 29
     assert readiness(daemon, healthy).evaluate().checks["last_pass"].ok
-    daemon.last_pass_finished = time.monotonic() - 31
+    daemon.last_pass_finished = daemon.last_pass_progress = time.monotonic() - 31
     assert not readiness(daemon, healthy).evaluate().checks["last_pass"].ok
+
+
+def test_a_long_pass_that_keeps_taking_invoices_is_not_stale() -> None:
+    daemon = FakeDaemon()
+    daemon.last_pass_finished = time.monotonic() - 600  # billing day: one pass for 10 minutes
+    daemon.last_pass_progress = time.monotonic() - 2
+    check = readiness(daemon, healthy).evaluate().checks["last_pass"]
+    assert check.ok and "progress" in check.detail
+    daemon.last_pass_progress = time.monotonic() - 31  # ... until it stops moving
+    assert not readiness(daemon, healthy).evaluate().checks["last_pass"].ok
+    first = FakeDaemon()  # a first pass that runs long after the start-up grace
+    first.last_pass_progress = time.monotonic() - 1
+    assert readiness(first, healthy).evaluate().checks["last_pass"].ok
 
 
 def test_a_hanging_database_check_is_bounded_and_not_piled_up() -> None:

@@ -140,9 +140,9 @@ def test_metrics_health_and_readiness_of_a_billing_daemon(
     assert (
         endpoint.value("billing_charge_amount_minor_total", currency="USD", outcome="approved") == 0
     )
-    assert (endpoint.value("billing_job_runs_total", job="billing_pass") or 0) >= 1
-    assert endpoint.value("billing_job_errors_total", job="billing_pass") == 0
-    assert endpoint.value("billing_job_interval_seconds", job="billing_pass") == 1
+    assert (endpoint.value("billing_job_runs_total", scheduler_job="billing_pass") or 0) >= 1
+    assert endpoint.value("billing_job_errors_total", scheduler_job="billing_pass") == 0
+    assert endpoint.value("billing_job_interval_seconds", scheduler_job="billing_pass") == 1
     assert (endpoint.value("billing_runs_total", kind="pass", state="completed") or 0) >= 1
     assert endpoint.value("billing_run_charge_attempts_sum") == 5
     assert endpoint.value("billing_ready") == 1

@@ -82,6 +82,10 @@ class BillingGroup(LazyGroup, OneLineGroup):
             "Billing runs: every pass or reconciler sweep that did work.",
             _attr("billing.cli.ledger", "runs_app"),
         ),
+        "preview": Lazy(
+            "Dry run: the charges a billing pass up to DATE would attempt (writes nothing).",
+            _attr("billing.cli.preview", "preview"),
+        ),
         "events": Lazy(
             "Notifications (webhooks, email) and their deliveries.",
             _attr("billing.cli.events", "app"),

@@ -7,14 +7,18 @@ cards); while the preview runs the sandbox sees no request and no table changes.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import MetaData, select
 from sqlmodel import col
 from sqlmodel import select as sm_select
+from typer.testing import CliRunner
 
+from billing.cli.main import app
 from billing.engine import subscriptions
 from billing.engine.billing_pass import run_billing_pass
 from billing.engine.preview import preview, preview_view
@@ -134,3 +138,58 @@ def test_preview_predicts_the_next_pass_and_writes_nothing(
     two = [p for p in predicted if p[0] == subs["two_cards"] and p[1] == 0]
     retry = [p for p in predicted if p[0] == subs["retry"] and p[1] == 0]
     assert two and retry and two[0][4] != retry[0][4]
+
+
+@pytest.mark.parametrize(
+    ("until", "message"),
+    [
+        ("2027-06-01T00:00:00", "has no timezone"),
+        ("next tuesday", "is neither a date"),
+        ("2027-13-01", "is neither a date"),
+        ("2020-01-01", "is before now"),
+    ],
+)
+def test_bad_until_is_one_line_exit_2_and_writes_nothing(
+    env: Env, db_url: str, monkeypatch: pytest.MonkeyPatch, until: str, message: str
+) -> None:
+    result, before, after = _cli(env, db_url, monkeypatch, "--until", until)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert before == after
+
+
+def test_cli_json_lists_charges_and_totals_without_writing(
+    env: Env, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_plan(env.ctx)
+    seed_subscriptions(env.ctx, env.sandbox_url, 2)
+    seen = count_requests(monkeypatch, env.simulator)
+    day = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    result, before, after = _cli(env, db_url, monkeypatch, "--until", day, "--json")
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    expected = preview_view(preview(env.ctx, datetime.fromisoformat(view["until"])))
+    assert view["totals"] == expected["totals"] and view["totals"]["UYU"]["count"] >= 2
+    assert {c["customer"] for c in view["charges"]} == {"cus-00000", "cus-00001"}
+    assert before == after and seen == []
+    text, _, _ = _cli(env, db_url, monkeypatch, "--until", day)
+    assert text.exit_code == 0 and "totals:" in text.stdout
+
+
+def _cli(
+    env: Env, db_url: str, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[Any, dict[str, list[tuple[Any, ...]]], dict[str, list[tuple[Any, ...]]]]:
+    for key in [k for k in os.environ if k.startswith("BILLING_")]:
+        monkeypatch.delenv(key)
+    before = dump(db_url)
+    result = CliRunner().invoke(
+        app,
+        ["preview", *args],
+        env={
+            "BILLING_DATABASE_URL": db_url,
+            "BILLING_PLEXO_BASE_URL": env.sandbox_url,
+            "BILLING_TIMEZONE": "America/Montevideo",
+        },
+    )
+    return result, before, dump(db_url)

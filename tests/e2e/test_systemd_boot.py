@@ -34,8 +34,9 @@ from tests.e2e.conftest import Sandbox, billing_context, seed_due, wait_all_paid
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
-SRC = "/srv/plexo-src"  # this checkout, bound read-only into the machine: the guide's $SRC
-DIST = "/srv/plexo-dist"  # the wheel built from it
+CHECKOUT = "/srv/plexo-src"  # this checkout, bound read-only into the machine
+SRC = "/tmp/plexo-src"  # the guide's $SRC: a writable copy of it (building the wheel writes there)
+GUIDE = ROOT / "docs" / "deployment.md"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What a person's shell would pass on to pip (an index mirror, a proxy); nothing else crosses.
 PASSED_ON = re.compile(r"PIP_\w+|(?i:https?_proxy|no_proxy)")
@@ -97,8 +98,8 @@ class Machine:
 
     def run(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = [f"{k}={v}" for k, v in os.environ.items() if PASSED_ON.fullmatch(k)]
-        args = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}",
-                "HOME=/root", "LANG=C.UTF-8", *env, "bash", "-euo", "pipefail", "-c", script]  # fmt: skip
+        args = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}", "HOME=/root",
+                "LANG=C.UTF-8", *env, "bash", "-euo", "pipefail", "-c", script]  # fmt: skip
         try:
             return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -119,10 +120,21 @@ class Machine:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def journal_records(self, unit: str) -> list[dict[str, object]]:
+    def cursor(self) -> str:
+        """Where the journal is now: the tests look only at what came after it."""
+        out = self.sh("journalctl -b -n 0 --show-cursor --no-pager")
+        return out.strip().rsplit("-- cursor: ", 1)[1]
+
+    def journal(self, since: str, *args: str) -> str:
+        return self.sh(f"journalctl -b --no-pager --after-cursor='{since}' " + " ".join(args))
+
+    def events(self, since: str, unit: str, event: str) -> list[dict[str, object]]:
+        return [r for r in self.journal_records(since, unit) if r.get("event") == event]
+
+    def journal_records(self, since: str, unit: str) -> list[dict[str, object]]:
         """The daemon's JSON log lines of `unit` (systemd's own lines are skipped)."""
         found = []
-        for line in self.sh(f"journalctl -b -u {unit} -o cat --no-pager").splitlines():
+        for line in self.journal(since, "-u", unit, "-o", "cat").splitlines():
             try:
                 value = json.loads(line)
             except json.JSONDecodeError:
@@ -131,8 +143,8 @@ class Machine:
                 found.append(value)
         return found
 
-    def suspect_journal_lines(self) -> list[str]:
-        text = self.sh("journalctl -b --no-pager -o short-monotonic")
+    def suspect_journal_lines(self, since: str) -> list[str]:
+        text = self.journal(since, "-o", "short-monotonic")
         return [ln for ln in text.splitlines() if "billing" in ln and SUSPECT.search(ln)]
 
     def shutdown(self) -> None:
@@ -148,14 +160,9 @@ class Machine:
 
 
 def _boot(tmp: Path) -> Machine:
-    root, units, dist = tmp / "root", tmp / "etc-systemd-system", tmp / "dist"
+    root, units = tmp / "root", tmp / "etc-systemd-system"
     for path in (root, units):
         path.mkdir()
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     name = f"plexo-test-{os.getpid()}"
     # nspawn refuses the host's "/" itself with an overlay; a bind mount of it (in a mount
     # namespace of its own, so the host never sees it) is accepted.
@@ -163,7 +170,7 @@ def _boot(tmp: Path) -> Machine:
         f"mount --bind / {root} && exec systemd-nspawn --quiet --directory={root}"
         f" --volatile=overlay --boot --register=no --keep-unit --machine={name}"
         f" --console=passive --bind={units}:/etc/systemd/system"
-        f" --bind-ro={ROOT}:{SRC} --bind-ro={dist}:{DIST}"
+        f" --bind-ro={ROOT}:{CHECKOUT}"
     )
     log = tmp / "nspawn.log"
     with log.open("wb") as out:
@@ -206,22 +213,18 @@ def _boot(tmp: Path) -> Machine:
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    """A booted machine with the wheel installed as the guide's step 1 says."""
+    """A booted machine with the wheel built and installed by the guide's step 1, verbatim."""
     if (missing := _missing_prerequisite()) is not None:
         _cannot(missing)
     started = time.monotonic()
     booted = _boot(tmp_path_factory.mktemp("machine"))
     try:
         boot_seconds = time.monotonic() - started
-        booted.sh(
-            f"""
-            python3 -m venv /opt/plexo-billing
-            /opt/plexo-billing/bin/pip install -q {DIST}/plexo_billing-*.whl
-            /opt/plexo-billing/bin/billing --help >/dev/null
-            """,
-            timeout=240,
-        )
-        print(f"booted in {boot_seconds:.1f} s, wheel installed after {time.monotonic() - started:.1f} s")
+        copy = (f"mkdir {SRC} && tar -C {CHECKOUT} --exclude=./.venv --exclude=./.git"
+                f" --exclude='./.*cache' -cf - . | tar -C {SRC} -xf -")  # fmt: skip
+        booted.sh(f"{copy}\nexport SRC={SRC}\n{_guide_block('## 1. Install')}", timeout=240)
+        installed = time.monotonic() - started
+        print(f"machine booted in {boot_seconds:.1f} s, wheel installed at {installed:.1f} s")
         yield booted
     finally:
         booted.shutdown()
@@ -249,95 +252,111 @@ reconcile_seconds = 2
     )
 
 
+def _guide_block(heading: str) -> str:
+    """The first shell block of docs/deployment.md after `heading`, to run as written."""
+    text = GUIDE.read_text()
+    assert heading in text, f"docs/deployment.md has no {heading!r}"
+    found = re.search(r"^```sh\n(.*?)^```", text.split(heading, 1)[1], re.MULTILINE | re.DOTALL)
+    assert found, f"no shell block after {heading!r}"
+    return found.group(1)
+
+
 def _billing_ctl() -> str:
     """The guide's `billing-ctl` shell function, taken from docs/deployment.md itself."""
-    text = (ROOT / "docs" / "deployment.md").read_text()
-    found = re.search(r"^billing-ctl\(\) \{\n.*?^\}\n", text, re.MULTILINE | re.DOTALL)
+    found = re.search(r"^billing-ctl\(\) \{\n.*?^\}\n", GUIDE.read_text(), re.MULTILINE | re.DOTALL)
     assert found, "docs/deployment.md no longer defines billing-ctl() { ... }"
     return found.group(0)
 
 
-def _assert_clean_journal(machine: Machine, unit: str) -> None:
-    assert not machine.suspect_journal_lines(), "\n".join(machine.suspect_journal_lines())
-    bad = [r for r in machine.journal_records(unit) if r.get("level") in ("error", "critical")]
+def _install_units(machine: Machine, *names: str) -> None:
+    files = " ".join(f'"$SRC"/systemd/{name}' for name in names)
+    machine.sh(f"SRC={SRC}\ncp {files} /etc/systemd/system/\nsystemctl daemon-reload")
+
+
+def _approved(sandbox: Sandbox) -> int:
+    return len([p for p in sandbox.payments() if p["status"] == "approved"])
+
+
+def _assert_stopped_gracefully(machine: Machine, since: str, unit: str) -> None:
+    after = machine.show(unit, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+    expected = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0",
+                "NRestarts": "0"}  # fmt: skip
+    assert after == expected, (unit, after)
+    stopped = machine.events(since, unit, "daemon.stopped")
+    assert stopped and stopped[-1]["graceful"] is True, (unit, stopped)
+    suspect = machine.suspect_journal_lines(since)
+    assert not suspect, "\n".join(suspect)
+    records = machine.journal_records(since, unit)
+    bad = [r for r in records if r.get("level") in ("error", "critical")]
     assert not bad, bad
 
 
 def test_one_sqlite_node_as_the_guide_installs_it(machine: Machine, sandbox: Sandbox) -> None:
+    since = machine.cursor()
     port = _free_port()
     _settings(machine, sandbox.url, port)
-    shown = machine.sh(
-        "BILLING_CONFIG=/etc/plexo-billing/billing.toml CREDENTIALS_DIRECTORY=/etc/plexo-billing"
-        " /opt/plexo-billing/bin/billing config show"
-    )
+    shown = machine.sh(_guide_block("Check it before starting anything"))
     assert re.search(r"BILLING_PLEXO_API_KEY +=.*\(credential\)", shown), shown
     assert "sandbox-key" not in shown
 
     # Type=notify: `enable --now` returns once the daemon sent READY=1.
-    machine.sh(
-        f"""
-        cp "{SRC}"/systemd/billing.service "{SRC}"/systemd/billing-migrate.service /etc/systemd/system/
-        systemctl daemon-reload
-        systemctl enable --now billing.service
-        """
-    )
+    _install_units(machine, "billing.service", "billing-migrate.service")
+    machine.sh("systemctl enable --now billing.service")
     props = machine.show("billing", "ActiveState", "SubState", "Type", "WatchdogUSec",
                          "WatchdogTimestampMonotonic", "StatusText")  # fmt: skip
-    assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify")
-    assert props["StatusText"].startswith("billing on "), props
-    assert machine.show("billing-migrate", "ActiveState", "Result") == {
-        "ActiveState": "active", "Result": "success"}  # fmt: skip
+    assert props["ActiveState"] == "active" and props["SubState"] == "running", props
+    assert props["Type"] == "notify" and props["StatusText"].startswith("billing on "), props
+    migrate = machine.show("billing-migrate", "ActiveState", "Result")
+    assert migrate == {"ActiveState": "active", "Result": "success"}, migrate
 
-    # The CLI as the service's user (the guide's billing-ctl): seed two customers with cards.
-    ctl = _billing_ctl()
-    machine.sh(f"{ctl}\nbilling-ctl plans create --code basic --name Basic --amount 590.00"
-               " --currency UYU --interval month")  # fmt: skip
+    # The CLI as the service's user (the guide's billing-ctl): two customers with saved cards.
+    ctl = _billing_ctl() + "billing-ctl "
+    machine.sh(f"{ctl}plans create --code basic --name Basic --amount 590.00 --currency UYU"
+               " --interval month")  # fmt: skip
     for n in (1, 2):
-        machine.sh(f"{ctl}\nbilling-ctl customers create --reference-id cus-{n} --email c{n}@example.com")
-        shown = json.loads(machine.sh(f"{ctl}\nbilling-ctl customers show cus-{n} --json"))
+        machine.sh(f"{ctl}customers create --reference-id cus-{n} --email c{n}@example.com")
+        customer = json.loads(machine.sh(f"{ctl}customers show cus-{n} --json"))
         sandbox.http.post(
-            f"/sandbox/customers/{shown['plexo_id']}/instruments",
+            f"/sandbox/customers/{customer['plexo_id']}/instruments",
             json={"cardNumber": "4444333322221111", "expMonth": 12, "expYear": 2035},
         ).raise_for_status()
-        machine.sh(f"{ctl}\nbilling-ctl instruments sync cus-{n}\n"
-                   f"billing-ctl subscriptions create --customer cus-{n} --plan basic")  # fmt: skip
+        machine.sh(f"{ctl}instruments sync cus-{n}")
+        machine.sh(f"{ctl}subscriptions create --customer cus-{n} --plan basic")
+    wait_until(lambda: _approved(sandbox) == 2, 60, "both subscriptions charged", interval=0.5)
 
-    approved = wait_until(
-        lambda: len([p for p in sandbox.payments() if p["status"] == "approved"]) == 2,
-        60, "the daemon to charge both subscriptions", interval=0.5,
-    )  # fmt: skip
-    assert approved
     status = machine.sh("systemctl status billing --no-pager --full")
     assert re.search(r'Status: "last pass .*approved', status), status
     metrics = machine.sh(f"curl -sf http://127.0.0.1:{port}/metrics")
     assert 'billing_charges_total{decline_class="",outcome="approved"} 2.0' in metrics, metrics
-    # The store is the dynamic user's, private (StateDirectoryMode=0700, UMask=0077).
-    store = machine.sh("stat -c '%a %U' /var/lib/private/plexo-billing/billing.sqlite3").split()
-    assert store[0] == "600" and store[1] != "root", store
+    # The store is the dynamic user's and private (StateDirectoryMode=0700, UMask=0077), also
+    # after billing-ctl ran as that user.
+    store = machine.sh("stat -c '%a %U' /var/lib/private/plexo-billing"
+                       " /var/lib/private/plexo-billing/billing.sqlite3").split()  # fmt: skip
+    assert store[0::2] == ["700", "600"] and "root" not in store, store
 
     # WATCHDOG=1 reaches systemd (the daemon pings at most every 15 s with WatchdogSec=30s).
-    first = props["WatchdogTimestampMonotonic"]
-    wait_until(
-        lambda: machine.show("billing", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
-        != first,
-        40, "a WATCHDOG=1 ping after READY", interval=1,
-    )  # fmt: skip
+    def pinged() -> bool:
+        now = machine.show("billing", "WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"]
+        return now != props["WatchdogTimestampMonotonic"]
+
+    wait_until(pinged, 40, "a WATCHDOG=1 ping after READY", interval=1)
+
+    # The guide's upgrade restart: the migrations run again, then a new daemon.
+    machine.sh("systemctl restart billing-migrate billing")
+    assert machine.show("billing", "ActiveState")["ActiveState"] == "active"
+    assert len(machine.events(since, "billing", "daemon.ready")) == 2
 
     machine.sh("systemctl stop billing")
-    after = machine.show("billing", "ActiveState", "Result", "ExecMainStatus", "NRestarts")
-    assert after == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0",
-                     "NRestarts": "0"}, after  # fmt: skip
-    stopped = [r for r in machine.journal_records("billing") if r.get("event") == "daemon.stopped"]
-    assert stopped and stopped[-1]["graceful"] is True, stopped
-    _assert_clean_journal(machine, "billing")
+    _assert_stopped_gracefully(machine, since, "billing")
 
 
 @pytest.mark.postgres
 def test_two_postgresql_instances_share_the_work(
     machine: Machine, sandbox: Sandbox, pg_url: str
 ) -> None:
-    """billing@a and billing@b on one database (on a host that also has billing.service's state,
-    when the SQLite test ran first: their state directories must not collide)."""
+    """billing@a and billing@b on one database; after the SQLite test, on a host that also has
+    billing.service's state directory (the two layouts must not collide)."""
+    since = machine.cursor()
     _settings(machine, sandbox.url, None)
     ports = {"a": _free_port(), "b": _free_port()}
     machine.sh(
@@ -349,33 +368,50 @@ def test_two_postgresql_instances_share_the_work(
         done
         echo 'metrics_port = {ports["a"]}' >> /etc/plexo-billing/a.toml
         echo 'metrics_port = {ports["b"]}' >> /etc/plexo-billing/b.toml
-        cp "{SRC}"/systemd/billing@.service "{SRC}"/systemd/billing-migrate@.service /etc/systemd/system/
-        systemctl daemon-reload
-        systemctl enable --now billing@a billing@b
         """
     )
+    _install_units(machine, "billing@.service", "billing-migrate@.service")
+    machine.sh("systemctl enable --now billing@a billing@b")
     host = machine.sh("hostname").strip()
     for node in ("a", "b"):
         props = machine.show(f"billing@{node}", "ActiveState", "SubState")
         assert props == {"ActiveState": "active", "SubState": "running"}, (node, props)
-        ready = [r for r in machine.journal_records(f"billing@{node}") if r.get("event") == "daemon.ready"]
+        ready = machine.events(since, f"billing@{node}", "daemon.ready")
         assert ready and ready[-1]["node"] == f"{host}-{node}", ready
 
     total = 6
     with billing_context(pg_url, sandbox.url) as ctx:
         seed_due(ctx, sandbox.url, total)
         wait_all_paid(ctx, total, 90)
-    approved = [p for p in sandbox.payments() if p["status"] == "approved"]
-    assert len(approved) == total, approved  # one charge per invoice, whichever node sent it
+    assert _approved(sandbox) == total  # one charge per invoice, whichever node sent it
     for node, port in ports.items():
         metrics = machine.sh(f"curl -sf http://127.0.0.1:{port}/metrics")
         assert "billing_charges_total" in metrics, node
 
     machine.sh("systemctl stop billing@a billing@b")
     for node in ("a", "b"):
-        after = machine.show(f"billing@{node}", "ActiveState", "Result", "NRestarts")
-        assert after == {"ActiveState": "inactive", "Result": "success", "NRestarts": "0"}, after
-        stopped = [r for r in machine.journal_records(f"billing@{node}")
-                   if r.get("event") == "daemon.stopped"]  # fmt: skip
-        assert stopped and stopped[-1]["graceful"] is True, (node, stopped)
-        _assert_clean_journal(machine, f"billing@{node}")
+        _assert_stopped_gracefully(machine, since, f"billing@{node}")
+
+
+def test_a_frozen_daemon_is_killed_by_the_watchdog_and_restarted(
+    machine: Machine, sandbox: Sandbox
+) -> None:
+    """WatchdogSec=30s and Restart=on-failure as shipped (a SIGSTOPped daemon stands for a stuck
+    one: no more WATCHDOG=1)."""
+    since = machine.cursor()
+    _settings(machine, sandbox.url, _free_port())
+    _install_units(machine, "billing.service", "billing-migrate.service")
+    machine.sh("systemctl restart billing")
+    frozen = machine.show("billing", "MainPID")["MainPID"]
+    machine.sh(f"kill -STOP {frozen}")
+
+    def restarted() -> dict[str, str] | None:
+        now = machine.show("billing", "NRestarts", "MainPID", "SubState")
+        fresh = now["MainPID"] not in ("0", frozen) and now["SubState"] == "running"
+        return now if fresh and now["NRestarts"] == "1" else None
+
+    wait_until(restarted, 90, "systemd to restart the frozen daemon", interval=1)
+    journal = machine.journal(since, "-u", "billing", "-o", "cat")
+    assert "Watchdog timeout (limit 30s)!" in journal, journal[-3000:]
+    assert "Failed with result 'watchdog'" in journal, journal[-3000:]
+    machine.sh("systemctl stop billing")

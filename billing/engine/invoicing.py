@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -135,6 +136,43 @@ def _hold(ctx: BillingContext, s: Session, sub: Subscription, due: int, now: dat
     return True
 
 
+def period_invoices(
+    ctx: BillingContext,
+    sub: Subscription,
+    plan: Plan,
+    indices: list[int],
+    now: datetime,
+    number: Callable[[], str],
+) -> tuple[list[Invoice], datetime | None]:
+    """The invoices for `indices` (nothing written), stopping at a cancel at period end: then
+    also the moment the subscription ends. Shared by invoicing and the preview."""
+    assert sub.id is not None
+    interval = Interval(plan.interval)
+    created: list[Invoice] = []
+    for index in indices:
+        start, end = period_bounds(sub.anchor_at, interval, plan.interval_count, index, ctx.tz)
+        ends = sub.current_period_end
+        if sub.cancel_at_period_end and ends is not None and start >= ends:
+            return created, start
+        created.append(
+            Invoice(
+                number=number(),
+                subscription_id=sub.id,
+                customer_id=sub.customer_id,
+                period_index=index,
+                period_start=start,
+                period_end=end,
+                amount_minor=plan.amount_minor,
+                currency=plan.currency,
+                status=InvoiceStatus.open,
+                next_attempt_at=start,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return created, None
+
+
 def invoice_periods(
     ctx: BillingContext,
     s: Session,
@@ -149,30 +187,7 @@ def invoice_periods(
     assert subscription_id is not None
     interval = Interval(plan.interval)
     first = sub.next_period_index
-    cancel_at: datetime | None = None
-    created: list[Invoice] = []
-    for index in indices:
-        start, end = period_bounds(sub.anchor_at, interval, plan.interval_count, index, ctx.tz)
-        ends = sub.current_period_end
-        if sub.cancel_at_period_end and ends is not None and start >= ends:
-            cancel_at = start
-            break
-        created.append(
-            Invoice(
-                number=new_invoice_number(),
-                subscription_id=subscription_id,
-                customer_id=sub.customer_id,
-                period_index=index,
-                period_start=start,
-                period_end=end,
-                amount_minor=plan.amount_minor,
-                currency=plan.currency,
-                status=InvoiceStatus.open,
-                next_attempt_at=start,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    created, cancel_at = period_invoices(ctx, sub, plan, indices, now, new_invoice_number)
     next_index = first + len(created)
     values: dict[str, object] = {
         "next_period_index": next_index,

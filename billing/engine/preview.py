@@ -21,7 +21,6 @@ from sqlmodel import Session, col, select
 from billing.clock import ensure_utc
 from billing.domain.declines import DeclineClass
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
-from billing.domain.periods import Interval, period_bounds
 from billing.domain.retry import build_schedule, check_caps, final_action, next_step
 from billing.engine.charge import fallback_allowed
 from billing.engine.context import BillingContext
@@ -29,6 +28,7 @@ from billing.engine.invoicing import (
     INVOICING_STATUSES,
     MAX_PERIODS_PER_STEP,
     over_cap,
+    period_invoices,
     started_periods,
 )
 from billing.engine.retries import card_history, choose_card
@@ -173,33 +173,15 @@ def _renewals(
                 )
                 result.lines.append(_sub_line("held", sub, customer, plan, len(indices), reason))
                 break
-            interval = Interval(plan.interval)
-            count = 0
-            canceled_at: datetime | None = None
-            for index in indices[:MAX_PERIODS_PER_STEP]:
-                start, end = period_bounds(
-                    sub.anchor_at, interval, plan.interval_count, index, ctx.tz
-                )
-                ends = sub.current_period_end
-                if sub.cancel_at_period_end and ends is not None and start >= ends:
-                    canceled_at = start
-                    break
+            invoices, canceled_at = period_invoices(
+                ctx, sub, plan, indices[:MAX_PERIODS_PER_STEP], until, str
+            )
+            for invoice in invoices:
                 serial += 1
-                invoice = Invoice(
-                    number="",
-                    subscription_id=sub.id,
-                    customer_id=sub.customer_id,
-                    period_index=index,
-                    period_start=start,
-                    period_end=end,
-                    amount_minor=plan.amount_minor,
-                    currency=plan.currency,
-                    status=InvoiceStatus.open,
-                    next_attempt_at=start,
-                )
                 # Created after every stored invoice: ids beyond theirs, in creation order.
-                created.append(_Pending(invoice, sub, customer, True, (start, 2**40 + serial)))
-                count += 1
+                order = (invoice.period_start, 2**40 + serial)
+                created.append(_Pending(invoice, sub, customer, True, order))
+            count = len(invoices)
             next_index = sub.next_period_index + count
             allowed = sub.catchup_through_index
             sub.next_period_index = next_index

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from billing.clock import ensure_utc
 from billing.domain.declines import DeclineClass
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
-from billing.domain.retry import build_schedule, check_caps, final_action, next_step
+from billing.domain.retry import FinalAction, build_schedule, check_caps, final_action, next_step
 from billing.engine.charge import fallback_allowed
 from billing.engine.context import BillingContext
 from billing.engine.invoicing import (
@@ -54,6 +54,7 @@ class PreviewLine:
     attempt_number: int | None = None
     detail: str | None = None
     if_declined: str | None = None
+    final_action: FinalAction | None = None  # for kind final_action: which one applies
 
     @property
     def charged(self) -> bool:
@@ -130,7 +131,7 @@ def preview(ctx: BillingContext, until: datetime) -> Preview:
                 continue
             line = _attempt(ctx, s, p, until)
             result.lines.append(line)
-            if line.kind == "final_action" and line.detail and "cancel_now" in line.detail:
+            if line.final_action == FinalAction.cancel_now:
                 assert p.sub.id is not None
                 voided.add(p.sub.id)  # canceling voids the subscription's open invoices
         s.rollback()  # nothing of this session is ever written
@@ -235,7 +236,7 @@ def _attempt(ctx: BillingContext, s: Session, p: _Pending, until: datetime) -> P
     card = choose_card(s, sub, inv, fallback=fallback_allowed(ctx, inv))
     if card is None and inv.retry_schedule is not None:
         action = final_action(inv.retry_schedule)
-        line.kind, line.attempt_number = "final_action", None
+        line.kind, line.attempt_number, line.final_action = "final_action", None, action
         line.detail = f"no card left that may be charged: {action}; invoice uncollectible"
         return line
     if card is None or p.customer.plexo_id is None:

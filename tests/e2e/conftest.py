@@ -57,6 +57,20 @@ def clean_environ(**overrides: str) -> dict[str, str]:
     return env
 
 
+def json_records(text: str) -> list[dict[str, Any]]:
+    """The JSON-object lines of a log; anything else (a half-written line, a plain line) is
+    skipped."""
+    found: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
 def wait_until(
     probe: Callable[[], T | None],
     timeout: float,
@@ -93,15 +107,7 @@ class Proc:
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON lines written so far (a half-written last line is skipped)."""
-        found: list[dict[str, Any]] = []
-        for line in self.log_text().splitlines():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                found.append(value)
-        return found
+        return json_records(self.log_text())
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("event") == event]

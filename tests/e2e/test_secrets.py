@@ -166,8 +166,14 @@ def run_cli(
     channels: Channels, setup: Setup, label: str, args: list[str], env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """One `billing ...` command; its stdout and stderr go into the channels."""
+    return _run(channels, setup, label, [billing_executable(), *args], env)
+
+
+def _run(
+    channels: Channels, setup: Setup, label: str, argv: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [billing_executable(), *args],
+        argv,
         env=env,
         cwd=setup.tmp,
         capture_output=True,
@@ -206,19 +212,7 @@ def run_debug(
     channels: Channels, setup: Setup, label: str, args: list[str], env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """Like run_cli, with every logger of the process at DEBUG (no setting offers that)."""
-    done = subprocess.run(
-        [sys.executable, "-c", DEBUG_WRAPPER, *args],
-        env=env,
-        cwd=setup.tmp,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-    )
-    channels.add(f"{label} stdout", done.stdout)
-    channels.add(f"{label} stderr", done.stderr)
-    assert "Traceback" not in done.stderr, (label, done.stderr)
-    return done
+    return _run(channels, setup, label, [sys.executable, "-c", DEBUG_WRAPPER, *args], env)
 
 
 def start_sandbox(processes: Processes) -> tuple[Proc, str]:

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Sandbox, billing_context, seed_due, wait_all_paid, wait_until
+from tests.e2e.conftest import (
+    Sandbox,
+    billing_context,
+    json_records,
+    seed_due,
+    wait_all_paid,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -133,15 +140,7 @@ class Machine:
 
     def journal_records(self, since: str, unit: str) -> list[dict[str, object]]:
         """The daemon's JSON log lines of `unit` (systemd's own lines are skipped)."""
-        found = []
-        for line in self.journal(since, "-u", unit, "-o", "cat").splitlines():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                found.append(value)
-        return found
+        return json_records(self.journal(since, "-u", unit, "-o", "cat"))
 
     def suspect_journal_lines(self, since: str) -> list[str]:
         text = self.journal(since, "-o", "short-monotonic")

@@ -82,6 +82,11 @@ class BillingGroup(LazyGroup, OneLineGroup):
             "Billing runs: every pass or reconciler sweep that did work.",
             _attr("billing.cli.ledger", "runs_app"),
         ),
+        "reconcile": Lazy(
+            "Compare the ledger with Plexo's payments for a range and keep the findings "
+            "(not the reconciler of unknown charges).",
+            _attr("billing.cli.reconcile_cmd", "app"),
+        ),
         "events": Lazy(
             "Notifications (webhooks, email) and their deliveries.",
             _attr("billing.cli.events", "app"),

@@ -473,9 +473,7 @@ def resolve_finding(ctx: BillingContext, finding_id: int, reason: str) -> Reconc
         if finding is None:
             raise NotFound(f"no reconciliation finding {finding_id}")
         if finding.resolved_at is not None:
-            raise Conflict(
-                f"finding {finding_id} was already resolved by {finding.resolved_by}"
-            )
+            raise Conflict(f"finding {finding_id} was already resolved by {finding.resolved_by}")
         finding.resolved_at = now
         finding.resolved_by = ctx.actor
         finding.resolution = why

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlmodel import Session, col, select
@@ -514,3 +515,16 @@ def last_daemon_check_to(ctx: BillingContext) -> datetime | None:
         return s.exec(
             select(func.max(LedgerCheckRun.range_to)).where(LedgerCheckRun.trigger == "daemon")
         ).one()
+
+
+def daily_range(
+    now: datetime, tz: ZoneInfo, hour: int, days: int
+) -> tuple[datetime, datetime] | None:
+    """The daemon's daily window: the `days` whole local days before today, once the local
+    clock has reached `hour`; None before it."""
+    local = now.astimezone(tz)
+    if local.hour < hour:
+        return None
+    end = datetime.combine(local.date(), time(0), tzinfo=tz)
+    start = datetime.combine(local.date() - timedelta(days=days), time(0), tzinfo=tz)
+    return start, end

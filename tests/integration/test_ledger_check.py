@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,11 +17,15 @@ import pytest
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
+from billing import metrics
 from billing.cli.main import app
+from billing.daemon.scheduler import build_scheduler
+from billing.daemon.service import Daemon, store_samples
+from billing.engine.ledger_check import Ours, Theirs, compare
 from billing.engine.billing_pass import run_billing_pass
 from billing.plexo.wire import encode_json
 from billing.store.db import session
-from billing.store.models import ChargeAttempt, Event, ReconciliationFinding
+from billing.store.models import ChargeAttempt, Event, LedgerCheckRun, ReconciliationFinding
 from billing.testing import ensure_plan, seed_subscriptions
 from tests.integration.conftest import START, Env, table_counts
 
@@ -292,3 +296,84 @@ def test_bad_ranges_are_refused_in_one_line(billed: Env, db_url: str) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and len(result.stderr.splitlines()) == 1
     assert table_counts(db_url) == before
+
+
+def test_the_daemon_checks_once_a_day_after_its_hour_and_exposes_open_findings(
+    billed: Env,
+) -> None:
+    env = billed
+    env.clock.advance(timedelta(hours=1))
+    foreign_payment(env, "daily-foreign")
+    daemon = Daemon(env.ctx, ledger_check=(6, 3))
+    env.clock.set(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))  # 05:00 in Montevideo: not yet
+    assert daemon.ledger_check() is None
+    env.clock.set(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))  # 07:00: due
+    check_id = daemon.ledger_check()
+    assert check_id is not None
+    assert daemon.ledger_check() is None, "once a day"
+    with session(env.ctx.engine) as s:
+        run = s.get(LedgerCheckRun, check_id)
+        assert run is not None and run.trigger == "daemon"
+        assert run.range_to == datetime(2026, 3, 2, 3, 0, tzinfo=UTC)  # local midnight
+        assert run.range_from == datetime(2026, 2, 27, 3, 0, tzinfo=UTC)
+        assert run.counts["matched"] == 4 and run.counts["missing_here"] == 1
+    samples = store_samples(env.ctx.engine, env.ctx.clock.now())
+    assert samples[metrics.RECONCILIATION_OPEN.name] == {
+        ("missing_here",): 1.0,
+        ("missing_at_plexo",): 0.0,
+        ("status_mismatch",): 0.0,
+        ("amount_mismatch",): 0.0,
+    }
+    assert Daemon(env.ctx).ledger_check() is None, "off unless configured"
+
+
+def test_the_daily_job_is_scheduled_only_when_enabled() -> None:
+    class Jobs:
+        def __getattr__(self, name: str) -> Any:
+            return lambda: None
+
+    off = build_scheduler(Jobs(), tick_seconds=60, reconcile_seconds=60, reaper_seconds=60)  # type: ignore[arg-type]
+    assert "ledger_check" not in {job.id for job in off.get_jobs()}
+    on = build_scheduler(
+        Jobs(),  # type: ignore[arg-type]
+        tick_seconds=60,
+        reconcile_seconds=60,
+        reaper_seconds=60,
+        ledger_check_seconds=600,
+    )
+    [job] = [job for job in on.get_jobs() if job.id == "ledger_check"]
+    assert job.coalesce is True and job.max_instances == 1
+
+
+def ours(state: str, minor: int = 59000, currency: str = "UYU") -> Ours:
+    return Ours(1, 1, "INV-1", "INV-1-1", state, minor, currency, START)
+
+
+def theirs(status: str | None, minor: int | None = 59000, currency: str | None = "UYU") -> Theirs:
+    return Theirs("p1", "INV-1-1", status, minor, currency, START)
+
+
+@pytest.mark.parametrize(
+    ("mine", "plexo", "verdict"),
+    [
+        (ours("approved"), theirs("approved"), "matched"),
+        (ours("approved"), theirs("approved", 59100), "amount_mismatch"),
+        (ours("approved"), theirs("approved", 59000, "USD"), "amount_mismatch"),
+        (ours("approved"), theirs("approved", None, None), "amount_mismatch"),
+        (ours("approved"), theirs("denied"), "status_mismatch"),
+        (ours("approved"), theirs("refunded"), "status_mismatch"),
+        (ours("approved"), theirs("pending"), "status_mismatch"),
+        (ours("approved"), None, "missing_at_plexo"),
+        (ours("declined"), theirs("denied"), "matched"),
+        (ours("declined"), None, "matched"),  # refused before any payment existed
+        (ours("declined"), theirs("approved"), "missing_here"),
+        (ours("declined"), theirs("refunded"), "status_mismatch"),
+        (ours("unknown"), theirs("approved"), "unresolved"),
+        (ours("sending"), None, "unresolved"),
+        (None, theirs("approved"), "missing_here"),
+        (None, theirs("partially-refunded"), "missing_here"),
+        (None, theirs("denied"), "ignored"),
+    ],
+)
+def test_compare_table(mine: Ours | None, plexo: Theirs | None, verdict: str) -> None:
+    assert compare(mine, plexo) == verdict

@@ -21,8 +21,8 @@ from billing import metrics
 from billing.cli.main import app
 from billing.daemon.scheduler import build_scheduler
 from billing.daemon.service import Daemon, store_samples
-from billing.engine.ledger_check import Ours, Theirs, compare
 from billing.engine.billing_pass import run_billing_pass
+from billing.engine.ledger_check import Ours, Theirs, compare
 from billing.plexo.wire import encode_json
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Event, LedgerCheckRun, ReconciliationFinding

@@ -210,6 +210,12 @@ SUBSCRIPTIONS_HELD = StoreGauge(
     "billing_subscriptions_held",
     "Subscriptions held for review: more periods due at once than the catch-up cap.",
 )
+RECONCILIATION_OPEN = StoreGauge(
+    "billing_reconciliation_open_findings",
+    "Open findings of ledger checks against Plexo (billing reconcile), by kind "
+    "(missing_here, missing_at_plexo, status_mismatch, amount_mismatch).",
+    ("kind",),
+)
 OUTBOX_BACKLOG = StoreGauge(
     "billing_outbox_deliveries",
     "Notification deliveries waiting (pending) or dead-lettered, by channel (webhook, email).",
@@ -367,6 +373,7 @@ STORE = CachedCollector(
         DUE_OLDEST_AGE,
         UNKNOWN_OUTCOMES,
         UNKNOWN_OLDEST_AGE,
+        RECONCILIATION_OPEN,
     ),
 )
 OUTBOX = CachedCollector("outbox", (OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE))

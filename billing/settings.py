@@ -257,6 +257,13 @@ class Settings(BaseSettings):
     instrument_fallback: bool = True
     pending_max_days: int = Field(default=3, ge=1, le=60)
     """A payment pending longer than this stops being polled and is flagged for a person."""
+    ledger_reconcile_enabled: bool = False
+    """The daemon runs `billing reconcile` (the ledger against Plexo's payments) once a day."""
+    ledger_reconcile_hour: int = Field(default=6, ge=0, le=23)
+    """Local hour (merchant zone) after which the daily ledger check runs."""
+    ledger_reconcile_days: int = Field(default=3, ge=1, le=31)
+    """How many whole business days before today the daily check covers (overlapping runs
+    update the same findings, and a charge settled late is still compared)."""
     node_name: str = Field(default_factory=default_node_name)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -86,6 +86,11 @@ class BillingGroup(LazyGroup, OneLineGroup):
             "Dry run: the charges a billing pass up to DATE would attempt (writes nothing).",
             _attr("billing.cli.preview", "preview"),
         ),
+        "reconcile": Lazy(
+            "Compare the ledger with Plexo's payments for a range and keep the findings "
+            "(not the reconciler of unknown charges).",
+            _attr("billing.cli.reconcile_cmd", "app"),
+        ),
         "events": Lazy(
             "Notifications (webhooks, email) and their deliveries.",
             _attr("billing.cli.events", "app"),

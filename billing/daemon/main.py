@@ -25,6 +25,8 @@ from billing.wiring import node_name, open_context
 
 log = logging.getLogger("billing.daemon")
 RELEASE_SECONDS = 5.0
+LEDGER_CHECK_SECONDS = 600
+"""How often the daemon asks whether the daily ledger check is due (it runs once a day)."""
 """At least this long for releasing the leases at stop, even when the drain used the budget."""
 
 
@@ -39,7 +41,14 @@ def run_daemon(cfg: Settings) -> int:
         # A run this node name left `running` belongs to a dead process (one process per name).
         close_stale_runs(ctx, own_node=True)
         notifier = Notifier(ctx, NotifyConfig.from_settings(cfg))
-        daemon = Daemon(ctx, stop_budget_seconds=cfg.stop_budget_seconds, notifier=notifier)
+        daemon = Daemon(
+            ctx,
+            stop_budget_seconds=cfg.stop_budget_seconds,
+            notifier=notifier,
+            ledger_check=(cfg.ledger_reconcile_hour, cfg.ledger_reconcile_days)
+            if cfg.ledger_reconcile_enabled
+            else None,
+        )
         daemon.install_signal_handlers()
         _start_metrics(cfg, daemon, notifier)
         endpoints = (
@@ -96,6 +105,7 @@ def _serve(cfg: Settings, daemon: Daemon, node: str, endpoints: Endpoints | None
         expiry_seconds=cfg.expiry_check_seconds,
         notify_seconds=cfg.notify_seconds,
         watchdog_seconds=watchdog_interval(),  # WATCHDOG=1 comes from the work pool
+        ledger_check_seconds=LEDGER_CHECK_SECONDS if cfg.ledger_reconcile_enabled else None,
     )
     scheduler.start()
     if endpoints is not None:

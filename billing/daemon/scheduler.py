@@ -37,6 +37,7 @@ def build_scheduler(
     expiry_seconds: int = 3600,
     notify_seconds: int = 10,
     watchdog_seconds: float | None = None,
+    ledger_check_seconds: int | None = None,
 ) -> BackgroundScheduler:
     """The work jobs, and systemd's watchdog ping every `watchdog_seconds` (None: no ping)."""
     start = datetime.now(UTC)
@@ -47,6 +48,8 @@ def build_scheduler(
         ("expiry_warnings", daemon.expiry_warnings, expiry_seconds),
         ("notify", daemon.notify, notify_seconds),
     ]
+    if ledger_check_seconds is not None:  # BILLING_LEDGER_RECONCILE_ENABLED; due once a day
+        jobs.append(("ledger_check", daemon.ledger_check, ledger_check_seconds))
     # One worker per work job and none spare: the watchdog ping waits for a work job to finish,
     # so a pool whose every job hangs stops the pings (watchdog.py).
     scheduler = BackgroundScheduler(

@@ -42,9 +42,12 @@ class Daemon:
         ctx: BillingContext,
         stop_budget_seconds: float = 30.0,
         notifier: Notifier | None = None,
+        ledger_check: tuple[int, int] | None = None,
     ) -> None:
         self.ctx = ctx
         self.notifier = notifier
+        # The daily ledger check against Plexo: (local hour, days back), None when off.
+        self.ledger_check_at = ledger_check
         self.stop_budget_seconds = stop_budget_seconds
         self.stopping = threading.Event()
         self._last_log = time.monotonic()
@@ -117,6 +120,26 @@ class Daemon:
         metrics.LAST_TICK.labels(scheduler_job="notify").set(time.time())
         return summary
 
+    def ledger_check(self) -> int | None:
+        """Once a local day after its hour: `billing reconcile` over the last whole days.
+
+        Returns the check's id, None when not due (or off). A failed listing raises (the job
+        error is logged and counted) and is tried again on the next tick.
+        """
+        from billing.engine.ledger_check import daily_range, last_daemon_check_to, run_ledger_check
+
+        if self.ledger_check_at is None:
+            return None
+        hour, days = self.ledger_check_at
+        window = daily_range(self.ctx.clock.now(), self.ctx.tz, hour, days)
+        done_to = last_daemon_check_to(self.ctx)
+        if window is None or (done_to is not None and done_to >= window[1]):
+            metrics.LAST_TICK.labels(scheduler_job="ledger_check").set(time.time())
+            return None
+        result = run_ledger_check(self.ctx, *window, trigger="daemon")
+        metrics.LAST_TICK.labels(scheduler_job="ledger_check").set(time.time())
+        return result.check_id
+
     def lease_reaper(self) -> int:
         """Singleton chore: free expired leases."""
         now = self.ctx.clock.now()
@@ -175,6 +198,9 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
                 col(ChargeAttempt.state).in_(UNRESOLVED)
             )
         ).one()
+        from billing.engine.ledger_check import open_findings_by_kind
+
+        findings = open_findings_by_kind(s)
         held = s.exec(
             select(func.count(col(Subscription.id)))
             .where(col(Subscription.held_at).is_not(None))
@@ -189,6 +215,7 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
         metrics.DUE_OLDEST_AGE.name: {(): _age(now, oldest_due)},
         metrics.UNKNOWN_OUTCOMES.name: {(): float(unresolved)},
         metrics.UNKNOWN_OLDEST_AGE.name: {(): _age(now, oldest_unknown)},
+        metrics.RECONCILIATION_OPEN.name: {(kind,): float(n) for kind, n in findings.items()},
     }
 
 

@@ -11,7 +11,9 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -55,6 +57,8 @@ T = TypeVar("T")
 
 # How many payments the referenceId query asks for; matching is done here, exactly.
 QUERY_PAGE_SIZE = 5
+# Largest page the payment listing asks for (the sandbox's limit too).
+LIST_PAGE_SIZE = 100
 # Longest piece of gateway text copied into an error message.
 MAX_GATEWAY_TEXT = 300
 
@@ -67,6 +71,73 @@ ROUTE_SESSIONS = "/v1/sessions"
 ROUTE_PAYMENTS = "/v1/payments"
 ROUTE_PAYMENT = "/v1/payments/{paymentId}"
 ROUTE_QUERY = "/v1/payments/query"
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPayment:
+    """One payment of Plexo's listing, read tolerantly: a field Plexo left out or sent in an
+    odd shape is None (the amount, its currency, the time), never a guess."""
+
+    payment_id: str | None
+    reference_id: str | None
+    kind: str  # approved | declined | pending | unknown, as outcome_from_payment classifies
+    status: str | None  # Plexo's own word ("approved", "refunded", "denied"...)
+    total: Decimal | None  # major units, as sent
+    currency: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    items: list[ListedPayment]
+    total: int | None  # how many payments Plexo says match, when it says
+
+
+def listed_payment(item: Any) -> ListedPayment:
+    """A listing item as a ListedPayment; ValueError when it is not a payment object at all."""
+    if not isinstance(item, Mapping):
+        raise ValueError("a listed payment is not an object")
+    outcome = outcome_from_payment(item, http_status=200)
+    reference = field(item, "referenceId")
+    amount = field(item, "amount")
+    total: Decimal | None = None
+    currency: str | None = None
+    if isinstance(amount, Mapping):
+        raw_total = field(amount, "total")
+        if isinstance(raw_total, Decimal | int | str) and not isinstance(raw_total, bool):
+            try:
+                total = Decimal(str(raw_total).strip())
+            except InvalidOperation:
+                total = None
+            if total is not None and not total.is_finite():
+                total = None
+        raw_currency = field(amount, "currency")
+        currency = raw_currency.strip().upper() or None if isinstance(raw_currency, str) else None
+    return ListedPayment(
+        payment_id=outcome.payment_id,
+        reference_id=reference.strip() or None if isinstance(reference, str) else None,
+        kind=outcome.kind,
+        status=outcome.status,
+        total=total,
+        currency=currency,
+        created_at=_instant(field(item, "createdAt")),
+    )
+
+
+def _instant(value: Any) -> datetime | None:
+    """An ISO-8601 time from Plexo (UTC when it names no offset); None when unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _segment(value: str) -> str:
@@ -317,6 +388,20 @@ class PlexoClient:
         # Two payments under one reference should not exist; if they do, money taken wins.
         rank = {"approved": 0, "pending": 1, "unknown": 2, "declined": 3}
         return self._scrub_outcome(min(matches, key=lambda o: rank[o.kind]))
+
+    def list_payments(self, page: int, size: int = LIST_PAGE_SIZE) -> PaymentPage:
+        """One page (1-based) of the merchant's payments, oldest first, as the query returns it.
+
+        Raises a PlexoError when the answer is not a recognisable list (a bare array, or one
+        under items/data/results), or an item is not a payment object: never a short page.
+        """
+        params = {"merchantId": str(self.merchant_id), "page": str(page), "size": str(size)}
+        body = self._call("GET", ROUTE_QUERY, "/v1/payments/query", params=params)
+        items = self._read(unwrap_list, body, ROUTE_QUERY)
+        payments = [self._read(listed_payment, item, ROUTE_QUERY) for item in items]
+        total = field(body, "total") if isinstance(body, Mapping) else None
+        counted = total if isinstance(total, int) and not isinstance(total, bool) else None
+        return PaymentPage(payments, counted)
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -323,3 +323,54 @@ class OutboxDelivery(SQLModel, table=True):
     delivered_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class LedgerCheckRun(SQLModel, table=True):
+    """One `billing reconcile` (or the daemon's daily check) that completed: the range it
+    compared with Plexo's payments and its counts. A check that failed stores nothing."""
+
+    __tablename__ = "ledger_check_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    range_from: datetime = _utc()
+    range_to: datetime = _utc()  # exclusive
+    trigger: str = Field(max_length=16)  # cli | daemon
+    actor: str = Field(max_length=128)
+    node: str = Field(max_length=128)
+    started_at: datetime = _utc()
+    finished_at: datetime = _utc()
+    counts: dict[str, Any] = _json()
+
+
+class ReconciliationFinding(SQLModel, table=True):
+    """A difference between our ledger and Plexo's payments (engine/ledger_check.py).
+
+    One open finding per `key` (the referenceId, else `payment:<plexo id>`): a re-run updates
+    it. Resolved by a person (`billing reconcile findings resolve`) or by a later check that
+    sees the pair match; either way `resolved_by` and `resolution` say who and why.
+    """
+
+    __tablename__ = "reconciliation_finding"
+    __table_args__ = (Index("ix_reconciliation_finding_open", "resolved_at", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=100, index=True)
+    kind: str = Field(max_length=24)
+    reference_id: str | None = Field(default=None, max_length=100)
+    plexo_payment_id: str | None = Field(default=None, max_length=64)
+    attempt_id: int | None = Field(default=None, foreign_key="charge_attempt.id")
+    invoice_id: int | None = Field(default=None, foreign_key="invoice.id")
+    expected_status: str | None = Field(default=None, max_length=32)
+    found_status: str | None = Field(default=None, max_length=32)
+    expected_amount_minor: int | None = None
+    expected_currency: str | None = Field(default=None, max_length=8)
+    found_amount_minor: int | None = None
+    found_currency: str | None = Field(default=None, max_length=8)
+    occurred_at: datetime | None = _utc(nullable=True)  # our attempt's time, else Plexo's
+    first_seen_at: datetime = _utc()
+    last_seen_at: datetime = _utc()
+    first_check_id: int = Field(foreign_key="ledger_check_run.id")
+    last_check_id: int = Field(foreign_key="ledger_check_run.id")
+    resolved_at: datetime | None = _utc(nullable=True)
+    resolved_by: str | None = Field(default=None, max_length=128)
+    resolution: str | None = Field(default=None, max_length=500)

@@ -400,22 +400,10 @@ def _store(
                 if finding.resolved_at is not None:
                     continue
                 # The pair matches now (the reconciler settled it, Plexo caught up).
-                finding.resolved_at = now
-                finding.resolved_by = ctx.actor
-                finding.resolution = f"matched in ledger check {run.id}"
-                s.add(finding)
+                why = f"matched in ledger check {run.id}"
+                _resolve(ctx, s, finding, now, why, check_id=run.id)
                 assert finding.id is not None
                 result.auto_resolved.append(finding.id)
-                record_event(
-                    s,
-                    at=now,
-                    entity_type=ENTITY,
-                    entity_id=finding.id,
-                    event="reconciliation.finding_resolved",
-                    actor=ctx.actor,
-                    reason=finding.resolution,
-                    check_id=run.id,
-                )
         counts["open"] = len(result.open_findings)
         run.counts = dict(counts)
         s.add(run)
@@ -475,22 +463,34 @@ def resolve_finding(ctx: BillingContext, finding_id: int, reason: str) -> Reconc
             raise NotFound(f"no reconciliation finding {finding_id}")
         if finding.resolved_at is not None:
             raise Conflict(f"finding {finding_id} was already resolved by {finding.resolved_by}")
-        finding.resolved_at = now
-        finding.resolved_by = ctx.actor
-        finding.resolution = why
-        s.add(finding)
-        record_event(
-            s,
-            at=now,
-            entity_type=ENTITY,
-            entity_id=finding_id,
-            event="reconciliation.finding_resolved",
-            actor=ctx.actor,
-            reason=why,
-            kind=finding.kind,
-            reference_id=finding.reference_id,
-        )
+        _resolve(ctx, s, finding, now, why, kind=finding.kind, reference_id=finding.reference_id)
     return finding
+
+
+def _resolve(
+    ctx: BillingContext,
+    s: Session,
+    finding: ReconciliationFinding,
+    now: datetime,
+    why: str,
+    **details: Any,
+) -> None:
+    """Close a finding as ctx.actor with `why`, and say so in the event log."""
+    assert finding.id is not None
+    finding.resolved_at = now
+    finding.resolved_by = ctx.actor
+    finding.resolution = why
+    s.add(finding)
+    record_event(
+        s,
+        at=now,
+        entity_type=ENTITY,
+        entity_id=finding.id,
+        event="reconciliation.finding_resolved",
+        actor=ctx.actor,
+        reason=why,
+        **details,
+    )
 
 
 def open_findings_by_kind(s: Session) -> dict[str, int]:

@@ -321,5 +321,27 @@ def release(
     )
 
 
+@app.command("change-plan")
+@handle_errors
+def change_plan(
+    subscription_id: int,
+    plan: str = typer.Option(..., "--plan", help="Code of the new plan."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the event log)."),
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Move to another plan from the next period on (started periods bill at the old plan)."""
+    actor = operator_name(by)
+    with open_context(settings(), actor=actor) as ctx:
+        sub, starts = svc.change_plan(ctx, subscription_id, plan_code=plan, reason=reason)
+        view = _views(ctx.engine, [sub])[0]
+    output(
+        {**view, "plan_effective_at": starts},
+        as_json,
+        f"subscription {subscription_id} moves to plan {plan} (by {actor}); the new plan bills "
+        f"from {local_time(starts)}",
+    )
+
+
 def _when(value: datetime | None) -> str:
     return local_time(value) if value is not None else "none scheduled"

@@ -460,3 +460,105 @@ def uncancel_subscription(
         )
         s.refresh(sub)
         return sub
+
+
+# A paused subscription's resume, and a canceled one, decide from its own plan: change them later.
+PLAN_CHANGE_STATUSES = (
+    SubscriptionStatus.incomplete,
+    SubscriptionStatus.active,
+    SubscriptionStatus.trialing,
+    SubscriptionStatus.past_due,
+)
+
+
+def change_plan(
+    ctx: BillingContext, subscription_id: int, *, plan_code: str, reason: str | None
+) -> tuple[Subscription, datetime]:
+    """Move a subscription to another plan from its next period on; returns it and the
+    instant the new plan starts billing.
+
+    Periods that started under the old plan are billed at the old plan: the started periods
+    not invoiced yet are invoiced first, in this transaction (as pause does). With the same
+    interval the periods stay where they were; with another interval the new plan's periods
+    are anchored at the start of the next period (period 0 of the new plan), so no instant
+    is billed twice or skipped. Invoices already created keep their amount and currency.
+    """
+    reason = checked_reason(reason)
+    with session(ctx.engine) as s:
+        sub = (
+            s.get(Subscription, subscription_id, with_for_update=True)
+            if is_row_id(subscription_id)
+            else None
+        )
+        if sub is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        if sub.status not in PLAN_CHANGE_STATUSES:
+            raise Conflict(
+                f"subscription {subscription_id} is {sub.status}; only an incomplete, active, "
+                "trialing or past_due subscription changes plan (resume it first)"
+            )
+        if sub.held_at is not None:
+            raise Conflict(
+                f"subscription {subscription_id} is held for review ({sub.held_reason}); "
+                "release it first (billing subscriptions release)"
+            )
+        old = s.get(Plan, sub.plan_id)
+        assert old is not None
+        new = get_plan(s, plan_code)
+        if not new.active:
+            raise Conflict(f"plan {plan_code!r} is not active")
+        if new.id == old.id:
+            raise Conflict(f"subscription {subscription_id} is already on plan {plan_code!r}")
+        now = ctx.clock.now()
+        owed = started_periods(ctx, sub, old, now)
+        if owed:
+            if over_cap(ctx, sub, owed):
+                raise Conflict(
+                    f"subscription {subscription_id} has {len(owed)} started periods not yet "
+                    f"invoiced, more than the catch-up cap of {ctx.catchup_max_periods}; the next "
+                    "billing pass holds it for review: release it, then change its plan"
+                )
+            if invoice_periods(ctx, s, sub, old, owed, now) < 0:
+                raise Conflict(f"subscription {subscription_id} changed meanwhile; try again")
+            s.refresh(sub)
+            if sub.status == SubscriptionStatus.canceled:
+                raise Conflict(
+                    f"subscription {subscription_id} reached its scheduled cancel; nothing is "
+                    "left to move to another plan"
+                )
+        starts = period_start(
+            sub.anchor_at, Interval(old.interval), old.interval_count, sub.next_period_index, ctx.tz
+        )
+        same_periods = (old.interval, old.interval_count) == (new.interval, new.interval_count)
+        values: dict[str, object] = {"plan_id": new.id, "updated_at": now}
+        if not same_periods:
+            values.update(anchor_at=starts, next_period_index=0, next_billing_at=starts)
+            values["catchup_through_index"] = None
+        moved = s.exec(
+            update(Subscription)
+            .where(col(Subscription.id) == subscription_id)
+            .where(col(Subscription.next_period_index) == sub.next_period_index)
+            .where(col(Subscription.plan_id) == old.id)
+            .values(**values)
+        )
+        if moved.rowcount != 1:
+            s.rollback()
+            raise Conflict(f"subscription {subscription_id} changed meanwhile; try again")
+        record_event(
+            s,
+            at=now,
+            entity_type="subscription",
+            entity_id=subscription_id,
+            event="subscription.plan_changed",
+            actor=ctx.actor,
+            reason=reason,
+            from_plan=old.code,
+            to_plan=new.code,
+            from_amount_minor=old.amount_minor,
+            from_currency=old.currency,
+            to_amount_minor=new.amount_minor,
+            to_currency=new.currency,
+            effective_at=starts.isoformat(),
+        )
+        s.refresh(sub)
+        return sub, starts

@@ -382,3 +382,20 @@ def test_backdate_prints_the_periods_first_and_a_catch_up_beyond_the_cap_waits_f
     engine.dispose()
     assert (event.actor, event.reason) == ("alice", "typo in the start")
     assert event.data["periods_skipped"] == periods - 1
+
+
+def test_change_plan_prints_when_the_new_plan_bills_and_refuses_in_one_line(cli: Cli) -> None:
+    seed(cli)
+    cli.ok(
+        "plans", "create", "--code", "pro", "--name", "Pro", "--amount", "990",
+        "--currency", "UYU",
+    )  # fmt: skip
+    sub = cli.ok("subscriptions", "create", "--customer", "cus-1", "--plan", "basic")
+    sid = str(sub["id"])
+    change = ["subscriptions", "change-plan", sid, "--plan"]
+    refused(cli, [*change, "nope"], "no plan with code 'nope'")
+    refused(cli, ["subscriptions", "change-plan", sid, "--plan", "basic"], "already on plan")
+    changed = cli.ok("subscriptions", "change-plan", sid, "--plan", "pro", "--by", "ana")
+    assert changed["plan"] == "pro" and changed["plan_effective_at"]
+    text = cli("subscriptions", "change-plan", sid, "--plan", "basic", "--reason", "back")
+    assert text.exit_code == 0 and "moves to plan basic" in text.stdout

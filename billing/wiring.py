@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from billing.clock import Clock, SystemClock
 from billing.domain.retry import FinalAction, RetryPolicy, parse_days
 from billing.engine.context import BillingContext
-from billing.engine.store_rules import check_clock, check_timezone
+from billing.engine.store_rules import SCHEMA_BEHIND, check_clock, check_timezone
 from billing.errors import ConfigError
 from billing.settings import Settings
 from billing.store.db import make_engine
@@ -116,9 +116,7 @@ def open_context(
     )
     try:
         if require_schema and not is_at_head(cfg.database_url):
-            raise ConfigError(
-                "the database schema is not at the latest revision; run `billing db upgrade`"
-            )
+            raise ConfigError(SCHEMA_BEHIND)
         if require_schema:
             check_timezone(engine, cfg.timezone, clock, record=billing_work)
             check_clock(engine, clock, billing_work=billing_work)

@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
-from sqlalchemy.exc import DBAPIError
 
 from billing.domain.cards import refuse_card_numbers
 from billing.domain.text import escape, escape_keeping_newlines
@@ -83,11 +82,26 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"{exc}{_hint(exc)}", EXIT_FAILED)
         except ValueError as exc:  # naive datetimes and similar programming-boundary refusals
             fail(str(exc), EXIT_INPUT)
-        except DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        except Exception as exc:
+            reason = database_failure(exc)
+            if reason is None:
+                raise
             fail(f"the database failed: {reason[:300]}", EXIT_FAILED)
 
     return wrapper
+
+
+def database_failure(exc: Exception) -> str | None:
+    """The driver's reason when `exc` is SQLAlchemy's DBAPIError, else None.
+
+    Looked up in sys.modules rather than imported: a command that never loaded SQLAlchemy
+    cannot have raised its error, and importing it here would cost every command its import."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    orig = exc.orig
+    lines = str(orig).strip().splitlines() if orig else []
+    return lines[0] if lines else type(orig or exc).__name__
 
 
 def fail(message: str, code: int) -> NoReturn:

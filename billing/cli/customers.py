@@ -1,4 +1,8 @@
-"""billing customers ... and billing instruments ..."""
+"""billing customers ... and billing instruments ...
+
+`billing customers` is a lazy group (cli/main.py CustomersGroup lists its commands): `list`
+lives in cli/customer_list.py so that it need not import what the writing commands do.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 import typer
 
 from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
+from billing.cli.customer_list import customer_fields
 from billing.engine import customers as svc
 from billing.errors import InvalidInput
 from billing.store.db import session
@@ -20,23 +25,7 @@ instruments_app = typer.Typer(
 
 
 def customer_view(c: Customer) -> dict[str, Any]:
-    return {
-        "reference_id": c.reference_id,
-        "plexo_id": c.plexo_id,
-        "email": c.email,
-        "first_name": c.first_name,
-        "last_name": c.last_name,
-        "phone": c.phone,
-        "document": (
-            {"type": c.document_type, "number": c.document_number} if c.document_type else None
-        ),
-        "address": c.address or None,
-        "birthdate": c.birthdate,
-        "metadata": c.attributes,
-        "status": c.status,
-        "created_at": c.created_at,
-        "deleted_at": c.deleted_at,
-    }
+    return customer_fields(c.model_dump())
 
 
 def instrument_view(i: PaymentInstrument) -> dict[str, Any]:
@@ -207,20 +196,6 @@ def _plain(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{cell(k)}: {cell(v)}" for k, v in value.items())
     return cell(value)
-
-
-@app.command("list")
-@handle_errors
-def list_(
-    include_deleted: bool = typer.Option(False, "--include-deleted"),
-    as_json: bool = JsonOption,
-) -> None:
-    """List customers."""
-    with open_context(settings()) as ctx:
-        rows = [customer_view(c) for c in svc.list_customers(ctx, include_deleted=include_deleted)]
-    output(
-        rows, as_json, table(rows, ["reference_id", "email", "first_name", "last_name", "status"])
-    )
 
 
 @app.command("delete")

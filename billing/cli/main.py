@@ -32,14 +32,47 @@ def _with_import(module: str, name: str, importer: str) -> Callable[[], Any]:
     return load
 
 
-class BillingGroup(LazyGroup, OneLineGroup):
-    """Lazy sub-commands (start-up time) whose failures are one line (OneLineGroup)."""
+class QuietLazyGroup(LazyGroup):
+    """A lazy group whose commands, loaded late, show flags without type noise like the rest."""
 
     def load(self, name: str) -> Any:
         command = super().load(name)
         if command is not None:
             quiet_help_types(command)  # loaded after main() relabelled the eager ones
         return command
+
+
+class CustomersGroup(QuietLazyGroup):
+    """`billing customers`: each command's module is imported when it runs (`list` is light)."""
+
+    lazy = {
+        "create": Lazy(
+            "Create a customer at Plexo and here.", _attr("billing.cli.customers", "create")
+        ),
+        "update": Lazy(
+            "Change fields (the whole customer is PUT to Plexo).",
+            _attr("billing.cli.customers", "update"),
+        ),
+        "show": Lazy("Show one customer with their cards.", _attr("billing.cli.customers", "show")),
+        "list": Lazy("List customers.", _attr("billing.cli.customer_list", "list_customers")),
+        "delete": Lazy(
+            "Delete at Plexo and cancel the customer's subscriptions; billing history is kept.",
+            _attr("billing.cli.customers", "delete"),
+        ),
+        "import": Lazy(
+            "Create customers from a file; a re-run skips reference_ids that exist.",
+            _attr("billing.cli.imports", "customers_import"),
+        ),
+    }
+
+
+customers_app = typer.Typer(
+    cls=CustomersGroup, help="Customers, mirrored at Plexo.", no_args_is_help=True
+)
+
+
+class BillingGroup(QuietLazyGroup, OneLineGroup):
+    """Lazy sub-commands (start-up time) whose failures are one line (OneLineGroup)."""
 
     lazy = {
         "check": Lazy(
@@ -59,10 +92,7 @@ class BillingGroup(LazyGroup, OneLineGroup):
             _attr("billing.cli.ops", "daemon"),
         ),
         "demo": EAGER,
-        "customers": Lazy(
-            "Customers, mirrored at Plexo.",
-            _with_import("billing.cli.customers", "app", "customers_import"),
-        ),
+        "customers": Lazy("Customers, mirrored at Plexo.", lambda: customers_app),
         "instruments": Lazy(
             "Saved cards (Plexo tokens) of a customer.",
             _attr("billing.cli.customers", "instruments_app"),

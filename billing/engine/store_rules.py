@@ -10,32 +10,49 @@
 from __future__ import annotations
 
 from datetime import datetime
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from billing.clock import Clock, SystemClock
 from billing.errors import ConfigError
-from billing.store.meta import TIMEZONE, ClockReading, get_meta, latest_clock, record_first
+
+if TYPE_CHECKING:  # the store is imported where it is used: engine/quickread.py reads without it
+    from sqlalchemy import Engine
+
+    from billing.store.meta import ClockReading
+
+SCHEMA_BEHIND = "the database schema is not at the latest revision; run `billing db upgrade`"
 
 
 def check_timezone(engine: Engine, setting: str, clock: Clock, *, record: bool) -> None:
     """Refuse a setting that differs from the recorded zone; with `record`, record the
     setting when no zone is recorded yet (first use)."""
+    from billing.store.meta import TIMEZONE, get_meta, record_first
+
     if record:
         recorded: str | None = record_first(engine, TIMEZONE, setting, clock.now())
     else:
         recorded = get_meta(engine, TIMEZONE)
-    if recorded is not None and recorded != setting:
-        raise ConfigError(
-            f"BILLING_TIMEZONE is {setting} but this store's periods are computed in "
-            f"{recorded} (recorded at its first use): set BILLING_TIMEZONE={recorded}; "
-            "one store keeps one merchant zone"
-        )
+    refusal = timezone_refusal(recorded, setting)
+    if refusal is not None:
+        raise ConfigError(refusal)
+
+
+def timezone_refusal(recorded: str | None, setting: str) -> str | None:
+    """Why BILLING_TIMEZONE=`setting` is refused on a store that recorded `recorded`."""
+    if recorded is None or recorded == setting:
+        return None
+    return (
+        f"BILLING_TIMEZONE is {setting} but this store's periods are computed in "
+        f"{recorded} (recorded at its first use): set BILLING_TIMEZONE={recorded}; "
+        "one store keeps one merchant zone"
+    )
 
 
 def check_clock(engine: Engine, clock: Clock, *, billing_work: bool) -> None:
     """Refuse a test clock behind the store's latest reading, and (for billing work) the real
     clock behind a reading a test clock made."""
+    from billing.store.meta import latest_clock
+
     reading = latest_clock(engine)
     if reading is None:
         return

@@ -7,16 +7,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect, text
-
 from billing.errors import InvalidInput
-from billing.store.db import make_engine, normalize_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported inside the functions that migrate: every command checks `is_at_head`,
 # and importing Alembic (its DDL dialects, its script loader) costs more than the command.
+# SQLAlchemy too: `script_heads` is what a quick read (engine/quickread.py) needs from here.
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # The repository root of a source checkout (editable install): alembic.ini and migrations/.
@@ -40,6 +38,8 @@ def alembic_config(url: str | None = None) -> Config:
     cfg.set_main_option("path_separator", "os")
     cfg.attributes["configure_logger"] = False
     if url is not None:
+        from billing.store.db import normalize_url
+
         cfg.attributes["url"] = normalize_url(url)
     return cfg
 
@@ -72,6 +72,8 @@ def head_revision() -> str:
 def current_revision(url: str) -> str | None:
     """The revision the database is at; None for an empty (never migrated) database."""
     from alembic.runtime.migration import MigrationContext
+
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     try:
@@ -129,6 +131,10 @@ def alembic_heads(versions: Path | None = None) -> set[str]:
 
 def stored_revisions(url: str) -> set[str]:
     """The revision(s) in the database's alembic_version table; empty when never migrated."""
+    from sqlalchemy import inspect, text
+
+    from billing.store.db import make_engine
+
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
@@ -146,6 +152,7 @@ def schema_diff(url: str) -> list[Any]:
     from sqlmodel import SQLModel
 
     import billing.store.models  # noqa: F401  (registers every table on SQLModel.metadata)
+    from billing.store.db import make_engine
 
     engine = make_engine(url)
     try:

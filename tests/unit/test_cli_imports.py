@@ -65,10 +65,34 @@ def test_help_imports_no_engine_store_alembic_or_http_client() -> None:
 def test_reading_the_store_builds_no_gateway_client(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'billing.sqlite3'}"
     migrate.upgrade(url)
-    code, modules = modules_after(["customers", "list"], {"BILLING_DATABASE_URL": url})
+    code, modules = modules_after(["invoices", "list"], {"BILLING_DATABASE_URL": url})
     assert code == 0
     assert imported(modules, "alembic", "httpx", "billing.plexo.client", "prometheus_client") == []
-    assert "billing.engine.customers" in modules  # the command did run
+    assert "billing.engine.invoices" in modules  # the command did run
+
+
+def test_listing_customers_reads_through_the_driver(tmp_path: Path) -> None:
+    """Item 17: `customers list` on a used store imports neither SQLAlchemy nor the engine."""
+    url = f"sqlite:///{tmp_path / 'billing.sqlite3'}"
+    migrate.upgrade(url)
+    env = {"BILLING_DATABASE_URL": url, "BILLING_TIMEZONE": "America/Montevideo"}
+    code, modules = modules_after(["customers", "list"], env)  # first use: the normal path
+    assert code == 0 and "sqlalchemy" in modules
+    code, modules = modules_after(["customers", "list", "--json"], env)
+    assert code == 0
+    assert imported(modules, "sqlalchemy", "sqlmodel", "alembic", "httpx", "billing.store.db") == []
+    assert "billing.engine.quickread" in modules
+
+
+def test_every_customers_command_is_listed_in_the_lazy_group() -> None:
+    from billing.cli import customers
+    from billing.cli.main import CustomersGroup
+
+    written = {c.name for c in customers.app.registered_commands}
+    assert written | {"list", "import"} == set(CustomersGroup.lazy)
+    for name, entry in CustomersGroup.lazy.items():
+        real = build_command(name, entry.load())
+        assert (real.short_help or real.help or "").strip().splitlines()[0] == entry.help, name
 
 
 def test_the_gateway_client_is_built_once_on_first_use() -> None:

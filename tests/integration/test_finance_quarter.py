@@ -23,7 +23,7 @@ from billing.cli.main import app
 from billing.engine import subscriptions
 from billing.engine.billing_pass import run_billing_pass
 from billing.testing import ensure_plan, seed_subscriptions
-from tests.integration.conftest import START, Env
+from tests.integration.conftest import Env
 
 RECOVERING_CARD = "4000000000000341"  # declined "51" on its first two charges, then approved
 EXPIRED_CARD = "4000000000000069"  # declined "54": hard, no other card -> the chain ends

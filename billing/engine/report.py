@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -197,8 +197,8 @@ def revenue_report(
         for timeline in _timelines(s, range_to):
             _add_mrr(timeline, range_from, range_to, cur)
     return RevenueReport(
-        range_from=range_from,
-        range_to=range_to,
+        range_from=range_from.astimezone(UTC),
+        range_to=range_to.astimezone(UTC),
         timezone=ctx.tz.key,
         bucket=kind,
         generated_at=ctx.clock.now(),

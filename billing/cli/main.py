@@ -116,6 +116,11 @@ class BillingGroup(QuietLazyGroup, OneLineGroup):
             "Dry run: the charges a billing pass up to DATE would attempt (writes nothing).",
             _attr("billing.cli.preview", "preview"),
         ),
+        "report": Lazy(
+            "Revenue per currency for a range: collected, failed, recovered, churn, MRR "
+            "(HTML too).",
+            _attr("billing.cli.report", "report"),
+        ),
         "reconcile": Lazy(
             "Compare the ledger with Plexo's payments for a range and keep the findings "
             "(not the reconciler of unknown charges).",

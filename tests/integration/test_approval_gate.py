@@ -34,6 +34,8 @@ from billing.store.models import BillingRun, ChargeAttempt, Event, Invoice, RunP
 from billing.testing import ensure_plan, invoice_refs_charged, seed_subscriptions
 from tests.integration.conftest import Env
 
+SOFT = "4000000000000010"  # 51 insufficient funds: a soft decline, retried on slots
+
 
 @pytest.fixture
 def gate(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
@@ -244,6 +246,36 @@ def test_only_one_plan_waits_even_when_freezing_twice(gate: Env) -> None:
     assert [r.state for r in runs(gate)] == ["planned"]
 
 
+def test_a_scheduled_retry_is_a_charge_and_waits_for_approval(gate: Env) -> None:
+    ensure_plan(gate.ctx)
+    seed_subscriptions(gate.ctx, gate.sandbox_url, 1, card=SOFT, prefix="soft")
+    plan_id = run_billing_pass(gate.ctx).plan_id
+    assert plan_id is not None
+    approve_plan(gate.ctx, plan_id, actor="ana", reason=None)
+    declined = run_billing_pass(gate.ctx)
+    assert declined.count("declined") == 1 and declined.plan_id is None  # retry not due yet
+    assert len(gate.simulator.payments()) == 1
+    gate.clock.advance(timedelta(days=2))
+    retry = run_billing_pass(gate.ctx)
+    assert retry.attempts == 0 and retry.plan_id is not None
+    (item,) = items(gate, retry.plan_id)
+    assert (item.kind, item.attempt_number) == ("retry", 2)
+    assert len(gate.simulator.payments()) == 1  # the retry is not sent before approval
+
+
+def test_billing_run_once_with_the_gate_on_freezes_a_plan(gate: Env, db_url: str) -> None:
+    seed(gate, 1)
+    environ = {"BILLING_APPROVAL_REQUIRED": "true", "BILLING_APPROVAL_EXPIRES_AFTER": "90m"}
+    as_of = (gate.clock.now() + timedelta(minutes=1)).isoformat()
+    result = invoke(gate, db_url, "run", "--once", "--as-of", as_of, extra=environ)
+    assert result.exit_code == 0, result.output
+    (plan,) = runs(gate)
+    assert plan.state == "planned" and plan.expires_at is not None
+    assert plan.expires_at - plan.as_of == timedelta(minutes=90)
+    assert f"plan {plan.id} frozen (1 x 590.00 UYU)" in result.stdout
+    assert gate.simulator.payments() == [] and payment_requests(gate) == []
+
+
 def test_two_daemons_freezing_at_once_make_one_plan(gate: Env) -> None:
     seed(gate, 4)
     other = replace(gate.ctx, node="other-node")
@@ -275,11 +307,12 @@ def test_gate_off_changes_nothing(env: Env) -> None:
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def invoke(env: Env, db_url: str, *args: str) -> Any:
+def invoke(env: Env, db_url: str, *args: str, extra: dict[str, str] | None = None) -> Any:
     environ = {
         "BILLING_DATABASE_URL": db_url,
         "BILLING_PLEXO_BASE_URL": env.sandbox_url,
         "BILLING_TIMEZONE": "America/Montevideo",
+        **(extra or {}),
     }
     return CliRunner().invoke(app, list(args), env=environ)
 

@@ -352,7 +352,7 @@ def execute_plan(
 ) -> bool:
     """Charge the frozen items of approved plan `plan_id` as its run (approved -> running ->
     completed | interrupted); False if another node took it first."""
-    from billing.engine.billing_pass import by_customer, observe
+    from billing.engine.billing_pass import RunSummary
 
     now = ctx.clock.now()
     with session(ctx.engine) as s:
@@ -374,10 +374,34 @@ def execute_plan(
                 .where(RunPlanItem.status == FROZEN)
             )
         }
-    summary.run_id = plan_id
-    summary.invoices_created += plan.invoices_created
-    summary.subscriptions_held += plan.subscriptions_held
-    tracker = RunTracker(ctx, "pass", plan.as_of)
+    # The run's own counts: what the freezing pass invoiced, and the attempts made now (the
+    # invoicing of this pass belongs to the plan it freezes next).
+    run = RunSummary(
+        kind="pass",
+        as_of=plan.as_of,
+        invoices_created=plan.invoices_created,
+        subscriptions_held=plan.subscriptions_held,
+        run_id=plan_id,
+    )
+    try:
+        _charge_plan(ctx, plan_id, items, should_stop, run)
+    finally:
+        summary.run_id, summary.state = plan_id, run.state
+        summary.attempts, summary.totals = run.attempts, run.totals
+        summary.invoices_processed = run.invoices_processed
+    return True
+
+
+def _charge_plan(
+    ctx: BillingContext,
+    plan_id: int,
+    items: dict[int, RunPlanItem],
+    should_stop: Callable[[], bool],
+    summary: RunSummary,
+) -> None:
+    from billing.engine.billing_pass import by_customer, observe
+
+    tracker = RunTracker(ctx, "pass", summary.as_of)
     tracker.run_id = plan_id
     log_event(log, "run.executing", run=plan_id, charges=len(items))
     try:
@@ -397,14 +421,25 @@ def execute_plan(
                     summary.add(result)
                     observe(result)
                 tracker.beat(summary)
-        state = INTERRUPTED if should_stop() else COMPLETED
+        state = INTERRUPTED if should_stop() and _frozen_left(ctx, plan_id) else COMPLETED
     except BaseException:
         tracker.close_after_error(summary)
         summary.state = INTERRUPTED
         raise
     tracker.flush(summary, state)
     summary.state = state
-    return True
+
+
+def _frozen_left(ctx: BillingContext, plan_id: int) -> bool:
+    """Items neither sent nor skipped: the plan stopped before them (they are still due, so
+    the next plan freezes them again)."""
+    with session(ctx.engine) as s:
+        left = s.exec(
+            select(RunPlanItem.id)
+            .where(RunPlanItem.run_id == plan_id)
+            .where(RunPlanItem.status == FROZEN)
+        ).first()
+    return left is not None
 
 
 def _charge_item(

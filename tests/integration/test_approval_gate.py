@@ -188,7 +188,8 @@ def test_a_renewal_due_after_freezing_waits_for_the_next_plan(gate: Env) -> None
     gate.clock.advance(timedelta(minutes=1))
     summary = run_billing_pass(gate.ctx)
     assert summary.run_id == plan_id and summary.count("approved") == 1
-    assert summary.invoices_created == 1 + 1  # the plan's own and the newcomer's
+    assert summary.invoices_created == 1  # the newcomer's, frozen into the next plan
+    assert [r.invoices_created for r in runs(gate)] == [1, 1]
     assert len(gate.simulator.payments()) == 1
     assert summary.plan_id is not None  # the newcomer is frozen into the next plan
     (waiting,) = items(gate, summary.plan_id)

@@ -24,6 +24,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from datetime import timedelta
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args
@@ -98,6 +99,21 @@ def parse_warn_days(text: str) -> tuple[int, ...]:
             raise _invalid('must be comma-separated whole days from 1 to 365, e.g. "30,7"')
         days.add(int(part))
     return tuple(sorted(days, reverse=True))
+
+
+_DURATION = re.compile(r"([0-9]{1,6})([mhd])")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """ "90m", "24h", "2d" -> a timedelta of 1 minute to 365 days; ConfigError-shaped refusal."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not text.isascii():
+        raise _invalid('must be a whole number and a unit m, h or d, e.g. "24h" or "90m"')
+    value = timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+    if not timedelta(minutes=1) <= value <= timedelta(days=365):
+        raise _invalid("must be between 1 minute and 365 days")
+    return value
 
 
 def env_name(field: str) -> str:
@@ -264,6 +280,10 @@ class Settings(BaseSettings):
     ledger_reconcile_days: int = Field(default=3, ge=1, le=31)
     """How many whole business days before today the daily check covers (overlapping runs
     update the same findings, and a charge settled late is still compared)."""
+    approval_required: bool = False
+    """Approval gate: each pass freezes a plan; nothing is charged until `runs approve`."""
+    approval_expires_after: str = "24h"
+    """A plan not approved within this long expires unused (e.g. 90m, 24h, 2d)."""
     node_name: str = Field(default_factory=default_node_name)  # lease_owner column
     metrics_address: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -500,6 +520,12 @@ class Settings(BaseSettings):
             raise _invalid("must be 1 to 64 of the characters A-Z a-z 0-9 . _ -")
         return value
 
+    @field_validator("approval_expires_after")
+    @classmethod
+    def _check_approval_expires_after(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
     @field_validator("metrics_address")
     @classmethod
     def _check_metrics_address(cls, value: str) -> str:
@@ -557,6 +583,10 @@ class Settings(BaseSettings):
         if "@" not in value or any(c.isspace() or not c.isprintable() for c in value):
             raise _invalid("must be an email address such as billing@example.com")
         return value
+
+    @property
+    def approval_expires_after_delta(self) -> timedelta:
+        return parse_duration(self.approval_expires_after)
 
     @property
     def expiry_warn_days_list(self) -> tuple[int, ...]:

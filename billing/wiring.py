@@ -135,6 +135,8 @@ def open_context(
             callback_url=cfg.callback_url,
             retry=retry_policy(cfg),
             pending_max=timedelta(days=cfg.pending_max_days),
+            approval_required=cfg.approval_required,
+            approval_expires_after=cfg.approval_expires_after_delta,
         )
         if require_schema and not billing_work:
             # First use is the first command that succeeded (a refused one changes nothing);

@@ -32,6 +32,21 @@ def _with_import(module: str, name: str, importer: str) -> Callable[[], Any]:
     return load
 
 
+def _with_approval(module: str, name: str) -> Callable[[], Any]:
+    """The runs sub-app plus the approval gate's approve/reject/plan (billing.cli.run_approval)."""
+
+    def load() -> Any:
+        sub: typer.Typer = getattr(importlib.import_module(module), name)
+        commands = importlib.import_module("billing.cli.run_approval").COMMANDS
+        have = {c.name for c in sub.registered_commands}
+        for command_name, command in commands.items():
+            if command_name not in have:
+                sub.command(command_name)(command)
+        return sub
+
+    return load
+
+
 class QuietLazyGroup(LazyGroup):
     """A lazy group whose commands, loaded late, show flags without type noise like the rest."""
 
@@ -110,7 +125,7 @@ class BillingGroup(QuietLazyGroup, OneLineGroup):
         ),
         "runs": Lazy(
             "Billing runs: every pass or reconciler sweep that did work.",
-            _attr("billing.cli.ledger", "runs_app"),
+            _with_approval("billing.cli.ledger", "runs_app"),
         ),
         "preview": Lazy(
             "Dry run: the charges a billing pass up to DATE would attempt (writes nothing).",

@@ -61,6 +61,15 @@ def summary_view(summary: RunSummary) -> dict[str, Any]:
             }
             for outcome, entry in summary.totals.items()
         },
+        **(
+            {
+                "plan_id": summary.plan_id,
+                "plan_totals": summary.plan_totals,
+                "plans_expired": summary.plans_expired,
+            }
+            if summary.kind == "pass"
+            else {}
+        ),
     }
 
 
@@ -93,7 +102,19 @@ def render_summary(summary: RunSummary) -> str:
         f"{_count(summary.invoices_created, 'invoice')} created, {held}"
         f"{_count(summary.attempts, work)}"
     )
-    return head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
+    text = head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
+    if summary.plans_expired:
+        text += "\nplans expired unapproved: " + ", ".join(map(str, summary.plans_expired))
+    if summary.plan_id is not None:
+        amounts = ", ".join(
+            f"{e['count']} x {to_major(e['amount_minor'], c)} {c}"
+            for c, e in sorted(summary.plan_totals.items())
+        )
+        text += (
+            f"\nplan {summary.plan_id} frozen ({amounts}): nothing is charged until "
+            f"`billing runs approve {summary.plan_id}`"
+        )
+    return text
 
 
 @handle_errors

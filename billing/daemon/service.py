@@ -82,6 +82,7 @@ class Daemon:
                 declined=summary.count("declined"),
                 pending=summary.count("pending"),
                 unknown=summary.count("unknown"),
+                plan_id=summary.plan_id,
             )
             notify(f"STATUS={status_line(summary)}")  # systemctl status shows the last pass
         elif time.monotonic() - self._last_log >= HEARTBEAT_SECONDS:

@@ -39,6 +39,11 @@ class RunSummary:
     totals: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: int | None = None
     state: str = "completed"  # completed | interrupted (stopped before it ran out of work)
+    # Approval gate (engine/approval.py): the plan this pass froze, its charges per currency
+    # ({"UYU": {"count": n, "amount_minor": m}}), and the plans it expired.
+    plan_id: int | None = None
+    plan_totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    plans_expired: list[int] = field(default_factory=list)
 
     def add(self, result: AttemptResult) -> None:
         if result.outcome == "skipped":
@@ -57,7 +62,13 @@ class RunSummary:
 
     @property
     def did_work(self) -> bool:
-        return self.invoices_created > 0 or self.subscriptions_held > 0 or self.attempts > 0
+        return (
+            self.invoices_created > 0
+            or self.subscriptions_held > 0
+            or self.attempts > 0
+            or self.plan_id is not None
+            or bool(self.plans_expired)
+        )
 
 
 def observe(result: AttemptResult) -> None:
@@ -82,6 +93,10 @@ def run_billing_pass(
 ) -> RunSummary:
     """Invoice, claim and charge everything due at the clock's now, as one billing run: its
     row exists before the first charge is written ahead and every attempt links to it."""
+    if ctx.approval_required:  # only an approved plan's frozen charges (engine/approval.py)
+        from billing.engine.approval import run_gated_pass
+
+        return run_gated_pass(ctx, should_stop)
     started_wall = time.monotonic()
     started_at = ctx.clock.now()
     summary = RunSummary(kind="pass", as_of=started_at)

@@ -68,6 +68,28 @@ class AttemptResult:
     amount_minor: int
     currency: str
     decline_class: str | None = None
+    detail: str | None = None  # why it was skipped, when a caller needs to say so
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What an approved plan froze for an invoice (engine/approval.py): the write-ahead sends
+    only this attempt, of this amount, on this card, and skips the invoice otherwise."""
+
+    amount_minor: int
+    currency: str
+    instrument_id: int
+    attempt_number: int
+
+    def mismatch(self, invoice: Invoice, instrument_id: int, attempt_number: int) -> str | None:
+        """Why the charge about to be written ahead is not the one approved; None if it is."""
+        if (invoice.amount_minor, invoice.currency) != (self.amount_minor, self.currency):
+            return "amount changed since the plan was frozen"
+        if instrument_id != self.instrument_id:
+            return "card changed since the plan was frozen"
+        if attempt_number != self.attempt_number:
+            return "attempted since the plan was frozen"
+        return None
 
 
 def reference_id(invoice_number: str, attempt_number: int) -> str:
@@ -81,14 +103,16 @@ def charge_invoice(
     should_stop: Callable[[], bool] = lambda: False,
     *,
     run_id: int | None = None,
+    expected: Expected | None = None,
 ) -> AttemptResult:
     """Charge an invoice this node has claimed, as part of billing run `run_id`. Safe to call
-    on a lost lease (does nothing)."""
+    on a lost lease (does nothing). With `expected` (an approved plan's item) only that
+    charge may be sent; any other is skipped with its lease released."""
     if should_stop():
         _release(ctx, invoice_id)
         return AttemptResult(invoice_id, "skipped", 0, "")
     _sync_before_retry(ctx, invoice_id)
-    prepared = _write_ahead(ctx, invoice_id, run_id)
+    prepared = _write_ahead(ctx, invoice_id, run_id, expected)
     if isinstance(prepared, AttemptResult):
         return prepared
     outcome = ctx.plexo.create_payment(prepared)
@@ -96,7 +120,10 @@ def charge_invoice(
 
 
 def _write_ahead(
-    ctx: BillingContext, invoice_id: int, run_id: int | None = None
+    ctx: BillingContext,
+    invoice_id: int,
+    run_id: int | None = None,
+    expected: Expected | None = None,
 ) -> PaymentRequest | AttemptResult:
     """Commit the attempt row (state `sending`, linked to its run) and move the invoice to
     `charging`."""
@@ -126,6 +153,17 @@ def _write_ahead(
         if refused is not None:
             return _defer(ctx, s, invoice, refused, now)
         number = invoice.attempt_count + 1
+        if expected is not None:
+            # In the write-ahead's own transaction: nothing can change between check and send.
+            why = expected.mismatch(invoice, instrument.id, number)
+            if why is not None:
+                s.exec(
+                    update(Invoice)
+                    .where(col(Invoice.id) == invoice_id)
+                    .where(col(Invoice.lease_owner) == ctx.node)
+                    .values(lease_owner=None, lease_until=None)
+                )
+                return AttemptResult(invoice_id, "skipped", 0, "", detail=why)
         ref = reference_id(invoice.number, number)
         taken = s.exec(
             update(Invoice)

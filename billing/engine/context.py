@@ -38,3 +38,6 @@ class BillingContext:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # A payment pending longer than this is flagged for a person instead of polled forever.
     pending_max: timedelta = timedelta(days=3)
+    # Approval gate (engine/approval.py): passes freeze plans; only approved ones are charged.
+    approval_required: bool = False
+    approval_expires_after: timedelta = timedelta(hours=24)

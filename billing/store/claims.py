@@ -154,3 +154,36 @@ def try_singleton(conn: Connection, name: str) -> bool:
     if conn.dialect.name != "postgresql":
         return True
     return bool(conn.execute(TRY_ADVISORY_XACT_LOCK, {"name": name}).scalar_one())
+
+
+# The approval gate claims only the invoices of an approved plan (engine/approval.py): the
+# claim above, restricted to the listed ids.
+SELECT_LISTED = """
+SELECT id FROM invoice
+ WHERE id IN :ids
+   AND status = 'open'
+   AND next_attempt_at <= :now
+   AND (lease_until IS NULL OR lease_until < :now)
+ ORDER BY next_attempt_at, id
+"""
+
+
+def claim_listed_invoices(
+    engine: Engine, owner: str, now: datetime, lease_seconds: int, ids: list[int]
+) -> list[int]:
+    """Lease to `owner` those of `ids` that are due, open and free now; the ids truly claimed."""
+    if lease_seconds <= 0:
+        raise ValueError("lease_seconds must be positive")
+    if not ids:
+        return []
+    now = ensure_utc(now, "claim time")
+    until = now + timedelta(seconds=lease_seconds)
+    sql = SELECT_LISTED + (" FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else "")
+    select = text(sql).bindparams(_IDS, _NOW).columns(id=Integer)
+    with engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see db.py)
+        candidates = list(conn.execute(select, {"ids": ids, "now": now}).scalars())
+        if not candidates:
+            return []
+        params = {"ids": candidates, "owner": owner, "now": now, "until": until}
+        claimed = set(conn.execute(CLAIM, params).scalars())
+    return [row_id for row_id in candidates if row_id in claimed]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from billing.store.types import UTCDateTime
@@ -235,11 +235,23 @@ class BillingRun(SQLModel, table=True):
     it goes, closed `completed` or `interrupted` (see engine/runs.py)."""
 
     __tablename__ = "billing_run"
+    __table_args__ = (
+        # The approval gate (engine/approval.py): at most one plan waits at a time, whatever
+        # the number of daemons.
+        Index(
+            "uq_billing_run_waiting_plan",
+            "kind",
+            unique=True,
+            sqlite_where=text("state IN ('planned', 'approved')"),
+            postgresql_where=text("state IN ('planned', 'approved')"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=16)  # pass | reconcile
     node: str = Field(max_length=128)
-    # running | completed | interrupted
+    # running | completed | interrupted; a plan (approval gate) first: planned | approved |
+    # rejected | expired
     state: str = Field(default="running", max_length=16, index=True)
     as_of: datetime = _utc()
     started_at: datetime = _utc()
@@ -249,6 +261,34 @@ class BillingRun(SQLModel, table=True):
     subscriptions_held: int = 0
     attempts: int = 0
     totals: dict[str, Any] = _json()
+    # Plans only (approval gate): not approvable from this moment; who decided, when, why.
+    expires_at: datetime | None = _utc(nullable=True)
+    decided_by: str | None = Field(default=None, max_length=128)
+    decided_at: datetime | None = _utc(nullable=True)
+    decision_reason: str | None = Field(default=None, max_length=500)
+
+
+class RunPlanItem(SQLModel, table=True):
+    """One charge frozen into a plan (approval gate): the only invoices its run may charge,
+    each at this amount, on this card, as this attempt number.
+
+    status: frozen -> sent (an attempt was written ahead; `outcome` is its first answer) |
+    skipped (`note` says why: changed since freezing, paid or voided meanwhile, not due)."""
+
+    __tablename__ = "run_plan_item"
+    __table_args__ = (UniqueConstraint("run_id", "invoice_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="billing_run.id", index=True)
+    invoice_id: int = Field(foreign_key="invoice.id", index=True)
+    kind: str = Field(max_length=16)  # renewal | retry
+    amount_minor: int
+    currency: str = Field(max_length=3)
+    instrument_id: int = Field(foreign_key="payment_instrument.id")
+    attempt_number: int
+    status: str = Field(default="frozen", max_length=16)
+    outcome: str | None = Field(default=None, max_length=16)
+    note: str | None = Field(default=None, max_length=200)
 
 
 class StoreMeta(SQLModel, table=True):

@@ -252,8 +252,8 @@ def render_run(view: dict[str, Any]) -> str:
 @contextmanager
 def _destination(path: str | None, encoding: str) -> Iterator[IO[str]]:
     """A text stream over stdout or a file, newline translation off (the writer chooses).
-    A file is written beside its target and renamed when complete, so a failed export
-    never leaves a half file under the name asked for."""
+    A regular file is written beside its target and renamed when complete, so a failed
+    export never leaves a half file under the name asked for."""
     if path is None:
         sys.stdout.flush()
         stream = io.TextIOWrapper(sys.stdout.buffer, encoding=encoding, newline="")
@@ -264,6 +264,15 @@ def _destination(path: str | None, encoding: str) -> Iterator[IO[str]]:
             stream.detach()  # stdout itself stays open
         return
     target = Path(path)
+    if target.exists() and not target.is_file():  # /dev/null, a pipe: write it directly
+        try:
+            with open(target, "w", encoding=encoding, newline="") as stream:
+                yield stream
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot write {path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        return
     partial = target.with_name(f".{target.name}.partial")
     try:
         handle = open(partial, "w", encoding=encoding, newline="")  # noqa: SIM115

@@ -6,11 +6,12 @@ Everything goes through the engine and the sandbox's HTTP contract, as a merchan
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from billing.domain.money import from_major
@@ -111,3 +112,97 @@ def invoice_refs_charged(payments: list[dict[str, Any]]) -> Counter[str]:
         if p["status"] == "approved":
             counts[p["invoiceNumber"]] += 1
     return counts
+
+
+def plant_run(engine: Engine, attempts: int, *, at: datetime, chunk: int = 5000) -> int:
+    """A completed pass with `attempts` charge attempts (one invoice each), written straight
+    into the tables with bulk Core inserts (export tests and benchmarks: fast, no gateway).
+    Every fourth is declined (soft, insufficient_funds/51), every tenth unknown, one in five
+    in USD. Returns the run id."""
+    from sqlalchemy import insert, update
+
+    from billing.domain.lifecycle import AttemptState
+    from billing.store.models import BillingRun, Customer, Subscription
+
+    with session(engine) as s:
+        run = BillingRun(kind="pass", node="planted", state="completed", as_of=at)
+        run.started_at = run.heartbeat_at = run.finished_at = at
+        s.add(run)
+        s.flush()
+        assert run.id is not None
+        run_id = run.id
+        customer = Customer(reference_id=f"bulk-{run_id}", email="bulk@example.com")
+        customer.created_at = customer.updated_at = at
+        plan = Plan(
+            code=f"bulk-{run_id}", name="Bulk", amount_minor=59000, currency="UYU", interval="day"
+        )
+        plan.created_at = at
+        s.add_all([customer, plan])
+        s.flush()
+        assert customer.id is not None and plan.id is not None
+        sub = Subscription(customer_id=customer.id, plan_id=plan.id, status="active")
+        sub.anchor_at = sub.created_at = sub.updated_at = at
+        s.add(sub)
+        s.flush()
+        customer_id, sub_id = customer.id, sub.id
+    totals: dict[str, dict[str, Any]] = {}  # as engine/runs.py recount() would write them
+    with engine.begin() as conn:
+        for begin in range(0, attempts, chunk):
+            invoices: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = []
+            for i in range(begin, min(begin + chunk, attempts)):
+                number = f"INV-B{run_id:04d}{i:09d}"
+                usd = i % 5 == 4
+                amount, currency = (1990, "USD") if usd else (59000, "UYU")
+                if i % 10 == 7:
+                    state, d_class, d_code, r_code = AttemptState.unknown, None, None, None
+                elif i % 4 == 1:
+                    state, d_class, d_code, r_code = (
+                        AttemptState.declined, "soft", "insufficient_funds", "51",
+                    )  # fmt: skip
+                else:
+                    state, d_class, d_code, r_code = AttemptState.approved, None, None, None
+                start = at + timedelta(minutes=i)
+                invoices.append(
+                    {
+                        "number": number, "subscription_id": sub_id, "customer_id": customer_id,
+                        "period_index": i, "period_start": start,
+                        "period_end": start + timedelta(minutes=1), "amount_minor": amount,
+                        "currency": currency, "attempt_count": 1, "created_at": at,
+                        "updated_at": at,
+                        "status": "paid" if state == AttemptState.approved else "charging",
+                    }
+                )  # fmt: skip
+                rows.append(
+                    {
+                        "attempt_number": 1, "reference_id": f"{number}-1", "state": str(state),
+                        "amount_minor": amount, "currency": currency, "decline_class": d_class,
+                        "decline_code": d_code, "result_code": r_code, "node": "planted",
+                        "run_id": run_id, "created_at": at + timedelta(seconds=i),
+                        "plexo_payment_id": None if state == AttemptState.unknown else f"pay-{i}",
+                        "resolved_at": None if state == AttemptState.unknown else at,
+                    }
+                )  # fmt: skip
+                entry = totals.setdefault(str(state), {"count": 0, "amounts": {}})
+                entry["count"] += 1
+                entry["amounts"][currency] = entry["amounts"].get(currency, 0) + amount
+                if d_class:
+                    entry.setdefault("decline_classes", {})[d_class] = (
+                        entry.get("decline_classes", {}).get(d_class, 0) + 1
+                    )
+            conn.execute(insert(Invoice), invoices)
+            found = conn.execute(
+                select(col(Invoice.id), col(Invoice.number)).where(
+                    col(Invoice.number).in_([r["number"] for r in invoices])
+                )
+            ).all()
+            by_number = {number: invoice_id for invoice_id, number in found}
+            for row, inv in zip(rows, invoices, strict=True):
+                row["invoice_id"] = by_number[inv["number"]]
+            conn.execute(insert(ChargeAttempt), rows)
+        conn.execute(
+            update(BillingRun)
+            .where(col(BillingRun.id) == run_id)
+            .values(attempts=attempts, totals=totals, invoices_created=attempts)
+        )
+    return run_id

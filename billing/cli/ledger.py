@@ -1,4 +1,4 @@
-"""billing invoices list / billing runs list: what was billed, what is unpaid, and why."""
+"""billing invoices ...: what was billed, what is unpaid, and why (runs: cli/runs.py)."""
 
 from __future__ import annotations
 
@@ -30,17 +30,14 @@ from billing.engine.invoices import (
     resolve_invoice,
     void_invoice,
 )
-from billing.engine.runs import RUN_KINDS, effective_state, stale_after
 from billing.errors import InvalidInput
 from billing.store.db import session
-from billing.store.models import BillingRun, ChargeAttempt, Customer, Invoice
+from billing.store.models import ChargeAttempt, Customer, Invoice
 from billing.wiring import open_context
 
 invoices_app = typer.Typer(help="Invoices: one per billed period.", no_args_is_help=True)
-runs_app = typer.Typer(
-    help="Billing runs: every pass or reconciler sweep that did work.", no_args_is_help=True
-)
-
+# The runs sub-app (list, show, export) lives in cli/runs.py; main.py loads it from here.
+from billing.cli.runs import runs_app  # noqa: E402, F401
 
 DEFAULT_INVOICE_LIMIT = 200
 
@@ -246,61 +243,6 @@ def resolve(
     view = {**invoice_view(done, None, attempt), "resolved_by": actor}
     what = "paid" if paid else "not charged: reopened"
     output(view, as_json, f"invoice {done.number} attempt {attempt.reference_id} {what} by {actor}")
-
-
-def run_view(run: BillingRun, state: str | None = None) -> dict[str, Any]:
-    outcomes = {
-        outcome: {
-            "count": entry["count"],
-            "amounts": {cur: str(to_major(m, cur)) for cur, m in entry["amounts"].items()},
-        }
-        for outcome, entry in run.totals.items()
-    }
-    return {
-        "id": run.id,
-        "kind": run.kind,
-        "state": state or run.state,
-        "node": run.node,
-        "as_of": run.as_of,
-        "started_at": run.started_at,
-        "heartbeat_at": run.heartbeat_at,
-        "finished_at": run.finished_at,
-        "invoices_created": run.invoices_created,
-        "subscriptions_held": run.subscriptions_held,
-        "attempts": run.attempts,
-        "outcomes": outcomes,
-    }
-
-
-@runs_app.command("list")
-@handle_errors
-def list_runs(
-    kind: str | None = typer.Option(None, "--kind", help="pass or reconcile (default: both)"),
-    limit: int = typer.Option(50, "--limit", min=1, max=100_000),
-    as_json: bool = JsonOption,
-) -> None:
-    """List billing runs (passes and reconciler sweeps), newest first, with their state
-    (running, completed, interrupted) and counts per outcome."""
-    if kind is not None and kind not in RUN_KINDS:
-        raise InvalidInput(f"unknown run kind {kind!r}; use one of " + ", ".join(RUN_KINDS))
-    with open_context(settings()) as ctx, session(ctx.engine) as s:
-        query = select(BillingRun)
-        if kind is not None:
-            query = query.where(BillingRun.kind == kind)
-        runs = s.exec(query.order_by(col(BillingRun.id).desc()).limit(limit)).all()
-        # A run whose process died without closing it is shown interrupted at once.
-        now, silent = ctx.clock.now(), stale_after(ctx)
-        views = [run_view(r, effective_state(r, now, silent)) for r in runs]
-    keys = ("id", "kind", "state", "node", "as_of", "invoices_created", "attempts")
-    rows = [
-        {
-            **{k: v[k] for k in keys},
-            "outcomes": ", ".join(f"{o} {e['count']}" for o, e in sorted(v["outcomes"].items())),
-        }
-        for v in views
-    ]
-    columns = [*keys, "outcomes"]
-    output(views, as_json, table(rows, columns))
 
 
 @invoices_app.command("retry")

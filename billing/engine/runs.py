@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 RUNNING, COMPLETED, INTERRUPTED = "running", "completed", "interrupted"
 RUN_KINDS = ("pass", "reconcile")
+# Keys of `totals` beside the attempt outcomes: `due` (invoices a pass claimed to charge,
+# RunSummary.invoices_processed) and `parked` (invoices the safety bounds stopped). They
+# cannot be recounted from attempts, so a stale run's recount keeps them.
+EXTRA_TOTALS = ("due", "parked")
 # Counts and heartbeat are written at most this often while a run goes (and at its end).
 BEAT_SECONDS = 1.0
 
@@ -104,7 +108,7 @@ class RunTracker:
             "invoices_created": summary.invoices_created,
             "subscriptions_held": summary.subscriptions_held,
             "attempts": summary.attempts,
-            "totals": summary.totals,
+            "totals": run_totals(summary),
         }
         if state != RUNNING:
             values["finished_at"] = now
@@ -135,6 +139,13 @@ class RunTracker:
             self.flush(summary, INTERRUPTED)
         except Exception as exc:
             log_event(log, "run.close_failed", logging.ERROR, error=type(exc).__name__)
+
+
+def run_totals(summary: RunSummary) -> dict[str, Any]:
+    """What `totals` holds: the outcomes so far, plus (a pass) the invoices it claimed."""
+    if summary.kind != "pass":
+        return summary.totals
+    return {**summary.totals, "due": {"count": summary.invoices_processed}}
 
 
 def recount(attempts: Iterable[ChargeAttempt]) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -180,7 +191,9 @@ def close_stale_runs(ctx: BillingContext, *, own_node: bool = False) -> list[int
                 continue
             linked = s.exec(select(ChargeAttempt).where(ChargeAttempt.run_id == run_id)).all()
             if run.kind == "pass":
-                run.attempts, run.totals = recount(linked)
+                kept = {k: v for k, v in run.totals.items() if k in EXTRA_TOTALS}
+                run.attempts, outcomes = recount(linked)
+                run.totals = {**outcomes, **kept}
             run.state = INTERRUPTED
             run.finished_at = run.heartbeat_at or run.started_at
             s.add(run)

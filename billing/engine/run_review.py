@@ -19,6 +19,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from billing.domain.lifecycle import AttemptState
+from billing.engine.approval import is_plan
 from billing.engine.context import BillingContext
 from billing.engine.run_export import ChargeRow, iter_charges, outcome_of
 from billing.engine.runs import EXTRA_TOTALS, effective_state, stale_after
@@ -125,9 +126,10 @@ def _outcome_tallies(s: Session, run_ids: list[int]) -> dict[int, dict[str, Tall
 
 def _counts(run: BillingRun, state: str, live: dict[str, Tally] | None) -> RunCounts:
     totals = run.totals or {}
-    if run.kind == "pass":
+    if run.kind == "pass" and (live or not is_plan(run)):
         outcomes = live or {}
-    else:  # a sweep resolves attempts of other runs: what it recorded is its story
+    else:  # a sweep resolves attempts of other runs, a plan not charged yet holds its frozen
+        # totals ("planned"): what it recorded is its story
         outcomes = {k: tally_of(v) for k, v in totals.items() if k not in EXTRA_TOTALS}
     due = totals.get("due")
     return RunCounts(

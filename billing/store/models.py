@@ -310,7 +310,7 @@ class OutboxEvent(SQLModel, table=True):
 class OutboxDelivery(SQLModel, table=True):
     """One outbox event to one receiver (a webhook endpoint, or the customer's email).
 
-    state: pending -> delivered | dead (after the attempt limit); `events redeliver` puts a
+    state: pending -> delivered | dead (after the attempt limit); `notifications redeliver` puts a
     delivered or dead one back to pending. Leased like invoices (store/claims.py).
     """
 

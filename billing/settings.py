@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     # --- notifications (billing/notify/) ---
     notify_seconds: int = Field(default=10, gt=0)
     notify_max_attempts: int = Field(default=12, ge=1, le=100)
-    """Deliveries that failed this many times are dead-lettered (`billing events redeliver`)."""
+    """Deliveries failing this often are dead-lettered (`billing notifications redeliver`)."""
     notify_backoff_seconds: int = Field(default=30, gt=0)
     """First retry delay; doubled after each failure, capped at 6 hours."""
     webhook_urls: list[str] = Field(default_factory=list)

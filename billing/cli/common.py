@@ -31,6 +31,7 @@ EXIT_FAILED = 1
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 ByOption = typer.Option(None, "--by", help="Who does it (default: the OS user).")
 ReasonOption = typer.Option(..., "--reason", help="Why (kept in the event log).")
+OptionalReasonOption = typer.Option(None, "--reason", help="Why (kept in the event log).")
 
 
 @dataclass

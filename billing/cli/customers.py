@@ -10,7 +10,17 @@ from typing import Any
 
 import typer
 
-from billing.cli.common import JsonOption, cell, handle_errors, output, settings, table
+from billing.cli.common import (
+    ByOption,
+    JsonOption,
+    OptionalReasonOption,
+    cell,
+    handle_errors,
+    operator_name,
+    output,
+    settings,
+    table,
+)
 from billing.cli.customer_list import customer_fields
 from billing.engine import customers as svc
 from billing.errors import InvalidInput
@@ -109,6 +119,7 @@ CountryOpt = typer.Option(None, "--address-country")
 BirthOpt = typer.Option(None, "--birthdate", help="YYYY-MM-DD")
 MetaOpt = typer.Option([], "--metadata", help="key=value, repeatable")
 StatusOpt = typer.Option(None, "--status", help="active or inactive")
+NOT_FIELDS = ("reference_id", "as_json", "reason", "by")
 
 
 @app.command("create")
@@ -130,14 +141,16 @@ def create(
     birthdate: str | None = BirthOpt,
     metadata: list[str] = MetaOpt,
     status: str | None = StatusOpt,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a customer at Plexo and here."""
-    raw = _raw_fields(**{k: v for k, v in locals().items() if k not in ("reference_id", "as_json")})
+    raw = _raw_fields(**{k: v for k, v in locals().items() if k not in NOT_FIELDS})
     raw["reference_id"] = reference_id
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         data = svc.validate_customer(raw, ctx.clock.now().astimezone(ctx.tz).date())
-        customer = svc.create_customer(ctx, data)
+        customer = svc.create_customer(ctx, data, reason)
     view = customer_view(customer)
     output(view, as_json, f"created customer {customer.reference_id} (plexo {customer.plexo_id})")
 
@@ -161,16 +174,16 @@ def update(
     birthdate: str | None = BirthOpt,
     metadata: list[str] = MetaOpt,
     status: str | None = StatusOpt,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Change fields (the whole customer is PUT to Plexo)."""
-    changes = _raw_fields(
-        **{k: v for k, v in locals().items() if k not in ("reference_id", "as_json")}
-    )
+    changes = _raw_fields(**{k: v for k, v in locals().items() if k not in NOT_FIELDS})
     if not changes:
         raise InvalidInput("nothing to update: give at least one field option")
-    with open_context(settings()) as ctx:
-        customer = svc.update_customer(ctx, reference_id, changes)
+    with open_context(settings(), actor=operator_name(by)) as ctx:
+        customer = svc.update_customer(ctx, reference_id, changes, reason)
     output(customer_view(customer), as_json, f"updated customer {reference_id}")
 
 
@@ -202,11 +215,12 @@ def _plain(value: Any) -> str:
 @handle_errors
 def delete(
     reference_id: str,
-    reason: str | None = typer.Option(None, "--reason"),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Delete at Plexo and cancel the customer's subscriptions; billing history is kept."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         customer = svc.delete_customer(ctx, reference_id, reason)
     output(customer_view(customer), as_json, f"deleted customer {reference_id}")
 
@@ -222,10 +236,15 @@ def link(reference_id: str, as_json: bool = JsonOption) -> None:
 
 @instruments_app.command("sync")
 @handle_errors
-def sync(reference_id: str, as_json: bool = JsonOption) -> None:
+def sync(
+    reference_id: str,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Pull the customer's saved cards from Plexo."""
-    with open_context(settings()) as ctx:
-        rows = [instrument_view(i) for i in svc.sync_instruments(ctx, reference_id)]
+    with open_context(settings(), actor=operator_name(by)) as ctx:
+        rows = [instrument_view(i) for i in svc.sync_instruments(ctx, reference_id, reason)]
     output(rows, as_json, table(rows, ["id", "brand", "last4", "expiry", "default", "token"]))
 
 
@@ -245,17 +264,29 @@ def list_instruments(
 
 @instruments_app.command("remove")
 @handle_errors
-def remove(reference_id: str, instrument: str, as_json: bool = JsonOption) -> None:
+def remove(
+    reference_id: str,
+    instrument: str,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Delete a saved card at Plexo (by our id or its token)."""
-    with open_context(settings()) as ctx:
-        row = svc.remove_instrument(ctx, reference_id, instrument)
+    with open_context(settings(), actor=operator_name(by)) as ctx:
+        row = svc.remove_instrument(ctx, reference_id, instrument, reason)
     output(instrument_view(row), as_json, f"removed card ••••{row.last4}")
 
 
 @instruments_app.command("default")
 @handle_errors
-def default(reference_id: str, instrument: str, as_json: bool = JsonOption) -> None:
+def default(
+    reference_id: str,
+    instrument: str,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Make a saved card the customer's default."""
-    with open_context(settings()) as ctx:
-        row = svc.set_default_instrument(ctx, reference_id, instrument)
+    with open_context(settings(), actor=operator_name(by)) as ctx:
+        row = svc.set_default_instrument(ctx, reference_id, instrument, reason)
     output(instrument_view(row), as_json, f"default card is now ••••{row.last4}")

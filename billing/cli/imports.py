@@ -20,7 +20,15 @@ from typing import Any
 import typer
 from sqlmodel import select
 
-from billing.cli.common import JsonOption, handle_errors, progress, settings
+from billing.cli.common import (
+    ByOption,
+    JsonOption,
+    OptionalReasonOption,
+    handle_errors,
+    operator_name,
+    progress,
+    settings,
+)
 from billing.cli.customers import _raw_fields
 from billing.cli.subscriptions import parse_start
 from billing.domain.importfile import Columns, Row, file_format, flag, parse_rows
@@ -85,7 +93,7 @@ def _error(row: Row, key: str | None, exc: BillingError) -> LineResult:
 
 
 def import_customers(
-    ctx: BillingContext, rows: Iterable[Row], *, dry_run: bool = False
+    ctx: BillingContext, rows: Iterable[Row], *, dry_run: bool = False, reason: str | None = None
 ) -> Iterator[LineResult]:
     """Create each customer as `customers create` does; skip reference_ids already here.
 
@@ -108,7 +116,7 @@ def import_customers(
             elif dry_run:
                 pending.append(_done(LineResult(row.line, "ok", checked.reference_id, "valid")))
             else:
-                pending.append(pool.submit(_create_customer, ctx, row, checked))
+                pending.append(pool.submit(_create_customer, ctx, row, checked, reason))
             while len(pending) >= width or (pending and pending[0].done()):
                 yield pending.popleft().result()
         while pending:
@@ -143,10 +151,12 @@ def _check_customer(
     return data
 
 
-def _create_customer(ctx: BillingContext, row: Row, data: customer_svc.CustomerInput) -> LineResult:
+def _create_customer(
+    ctx: BillingContext, row: Row, data: customer_svc.CustomerInput, reason: str | None
+) -> LineResult:
     key = data.reference_id
     try:
-        customer = customer_svc.create_customer(ctx, data)
+        customer = customer_svc.create_customer(ctx, data, reason)
     except BillingError as exc:
         return _error(row, key, exc)
     return LineResult(row.line, "ok", key, f"created (plexo {customer.plexo_id})")
@@ -178,7 +188,7 @@ def _exists(found: Customer, data: customer_svc.CustomerInput) -> str:
 
 
 def import_subscriptions(
-    ctx: BillingContext, rows: Iterable[Row], *, dry_run: bool = False
+    ctx: BillingContext, rows: Iterable[Row], *, dry_run: bool = False, reason: str | None = None
 ) -> Iterator[LineResult]:
     """Create each subscription as `subscriptions create` does; skip a customer + plan pair
     that already has a live (not canceled) subscription."""
@@ -223,6 +233,7 @@ def import_subscriptions(
                     start=begin,
                     instrument=instrument,
                     backdate=backdate,
+                    reason=reason,
                 )
                 periods = subscription_svc.backdated_periods(ctx, plan_code=plan, start=begin)
         except BillingError as exc:
@@ -274,10 +285,12 @@ def customers_import(
     path: str = PathArg,
     fmt: str | None = FormatOpt,
     dry_run: bool = DryRunOpt,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create customers from a file; a re-run skips reference_ids that exist."""
-    _run("customers", import_customers, CUSTOMER_COLUMNS, path, fmt, dry_run, as_json)
+    _run("customers", import_customers, CUSTOMER_COLUMNS, path, fmt, dry_run, as_json, reason, by)
 
 
 @handle_errors
@@ -285,10 +298,17 @@ def subscriptions_import(
     path: str = PathArg,
     fmt: str | None = FormatOpt,
     dry_run: bool = DryRunOpt,
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create subscriptions from a file; a re-run skips customer + plan pairs already live."""
-    _run("subscriptions", import_subscriptions, SUBSCRIPTION_COLUMNS, path, fmt, dry_run, as_json)
+    _run(
+        "subscriptions",
+        import_subscriptions,
+        SUBSCRIPTION_COLUMNS,
+        *(path, fmt, dry_run, as_json, reason, by),
+    )
 
 
 def _run(
@@ -299,8 +319,14 @@ def _run(
     fmt: str | None,
     dry_run: bool,
     as_json: bool,
+    reason: str | None = None,
+    by: str | None = None,
 ) -> None:
     """Report every line as it is done (JSON Lines with --json) and exit 0, 2 or 1."""
+    from billing.engine.subscriptions import checked_reason
+
+    actor = operator_name(by)
+    reason = checked_reason(reason)  # refused before any line is read or written
     kind = file_format(path, fmt)
     try:
         data = Path(path).read_bytes()
@@ -311,9 +337,9 @@ def _run(
     failed = False
     done = 0
     step = max(1, len(rows) // 20)
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=actor) as ctx:
         try:
-            for result in importer(ctx, rows, dry_run=dry_run):
+            for result in importer(ctx, rows, dry_run=dry_run, reason=reason):
                 counts[result.status] += 1
                 failed = failed or result.failed
                 done += 1

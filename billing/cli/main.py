@@ -142,8 +142,12 @@ class BillingGroup(QuietLazyGroup, OneLineGroup):
             _attr("billing.cli.reconcile_cmd", "app"),
         ),
         "events": Lazy(
-            "Notifications (webhooks, email) and their deliveries.",
+            "The audit log: every state change, with who made it and why.",
             _attr("billing.cli.events", "app"),
+        ),
+        "notifications": Lazy(
+            "Notifications (webhooks, email) and their deliveries.",
+            _attr("billing.cli.notifications", "app"),
         ),
         "config": Lazy("Inspect settings.", _attr("billing.cli.ops", "config_app")),
         "db": Lazy("Database schema.", _attr("billing.cli.ops", "db_app")),

@@ -12,6 +12,7 @@ from sqlmodel import select
 from billing.cli.common import (
     ByOption,
     JsonOption,
+    OptionalReasonOption,
     ReasonOption,
     bounded_instant,
     cell,
@@ -100,10 +101,12 @@ def create_plan(
     interval: str = typer.Option("month", "--interval", help="day, week, month or year"),
     interval_count: int = typer.Option(1, "--interval-count"),
     trial_days: int = typer.Option(0, "--trial-days"),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Create a plan."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         plan = svc.create_plan(
             ctx,
             code=code,
@@ -113,6 +116,7 @@ def create_plan(
             interval=interval,
             interval_count=interval_count,
             trial_days=trial_days,
+            reason=reason,
         )
     view = plan_view(plan)
     output(view, as_json, f"created plan {plan.code}: {view['amount']} {plan.currency}")
@@ -141,10 +145,12 @@ def create(
     backdate: bool = typer.Option(
         False, "--backdate", help="Allow a start one interval or more ago (bills each period)."
     ),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Subscribe a customer to a plan (the anchor is the start)."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         begin = parse_start(start, ctx.tz) if start else None
         if backdate:
             periods = svc.backdated_periods(ctx, plan_code=plan, start=begin)
@@ -157,6 +163,7 @@ def create(
             instrument=instrument,
             allow_duplicate=allow_duplicate,
             backdate=backdate,
+            reason=reason,
         )
         view = _views(ctx.engine, [sub])[0]
     output(view, as_json, f"created subscription {sub.id} ({sub.status})")
@@ -225,11 +232,12 @@ def list_(
 def cancel(
     subscription_id: int,
     at_period_end: bool = typer.Option(False, "--at-period-end", help="Else cancel now."),
-    reason: str | None = typer.Option(None, "--reason"),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel now (open invoices are voided) or at the end of the paid period."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         sub = svc.cancel_subscription(
             ctx, subscription_id, at_period_end=at_period_end, reason=reason
         )
@@ -242,11 +250,12 @@ def cancel(
 @handle_errors
 def pause(
     subscription_id: int,
-    reason: str | None = typer.Option(None, "--reason"),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Pause billing; periods that start while paused are not billed."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         sub = svc.pause_subscription(ctx, subscription_id, reason)
         view = _views(ctx.engine, [sub])[0]
     if sub.status == "canceled":
@@ -259,11 +268,12 @@ def pause(
 @handle_errors
 def resume(
     subscription_id: int,
-    reason: str | None = typer.Option(None, "--reason"),
+    reason: str | None = OptionalReasonOption,
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Resume billing from the next period start."""
-    with open_context(settings()) as ctx:
+    with open_context(settings(), actor=operator_name(by)) as ctx:
         sub = svc.resume_subscription(ctx, subscription_id, reason)
         view = _views(ctx.engine, [sub])[0]
     output(

@@ -149,7 +149,12 @@ def get_customer(s: Session, reference_id: str, *, include_deleted: bool = False
     return customer
 
 
-def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
+def create_customer(
+    ctx: BillingContext, data: CustomerInput, reason: str | None = None
+) -> Customer:
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         taken = s.exec(select(Customer.id).where(Customer.reference_id == data.reference_id))
@@ -180,6 +185,7 @@ def create_customer(ctx: BillingContext, data: CustomerInput) -> Customer:
                 entity_id=customer.id,
                 event="customer.created",
                 actor=ctx.actor,
+                reason=reason,
                 reference_id=data.reference_id,
                 plexo_id=remote.id,
             )
@@ -250,8 +256,13 @@ def current_input(customer: Customer) -> CustomerInput:
     )
 
 
-def update_customer(ctx: BillingContext, reference_id: str, changes: dict[str, Any]) -> Customer:
+def update_customer(
+    ctx: BillingContext, reference_id: str, changes: dict[str, Any], reason: str | None = None
+) -> Customer:
     """Merge `changes` into the stored customer, validate the whole, PUT it to Plexo, store it."""
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
@@ -277,6 +288,7 @@ def update_customer(ctx: BillingContext, reference_id: str, changes: dict[str, A
             entity_id=customer.id,
             event="customer.updated",
             actor=ctx.actor,
+            reason=reason,
             fields=sorted(changes),
         )
         return customer
@@ -363,8 +375,13 @@ def link_instrument(ctx: BillingContext, reference_id: str) -> str:
         return found.url
 
 
-def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInstrument]:
+def sync_instruments(
+    ctx: BillingContext, reference_id: str, reason: str | None = None
+) -> list[PaymentInstrument]:
     """Mirror the customer's saved cards from Plexo: new tokens added, vanished ones removed."""
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
@@ -399,6 +416,7 @@ def sync_instruments(ctx: BillingContext, reference_id: str) -> list[PaymentInst
             entity_id=customer.id,
             event="instruments.synced",
             actor=ctx.actor,
+            reason=reason,
             count=len(remote),
         )
     return list_instruments(ctx, reference_id)
@@ -481,7 +499,12 @@ def _find_instrument(s: Session, customer: Customer, which: str) -> PaymentInstr
     return found
 
 
-def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> PaymentInstrument:
+def remove_instrument(
+    ctx: BillingContext, reference_id: str, which: str, reason: str | None = None
+) -> PaymentInstrument:
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
@@ -507,12 +530,18 @@ def remove_instrument(ctx: BillingContext, reference_id: str, which: str) -> Pay
             entity_id=row.id,
             event="instrument.removed",
             actor=ctx.actor,
+            reason=reason,
             last4=row.last4,
         )
         return row
 
 
-def set_default_instrument(ctx: BillingContext, reference_id: str, which: str) -> PaymentInstrument:
+def set_default_instrument(
+    ctx: BillingContext, reference_id: str, which: str, reason: str | None = None
+) -> PaymentInstrument:
+    from billing.engine.subscriptions import checked_reason
+
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     with session(ctx.engine) as s:
         customer = get_customer(s, reference_id)
@@ -531,5 +560,6 @@ def set_default_instrument(ctx: BillingContext, reference_id: str, which: str) -
             entity_id=chosen.id,
             event="instrument.default",
             actor=ctx.actor,
+            reason=reason,
         )
         return chosen

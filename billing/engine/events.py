@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session
 
 from billing.engine.limits import REASON
-from billing.engine.outbox import add_notification
+from billing.engine.outbox import add_notification, related_ids
 from billing.store.models import Event
 
 
@@ -26,7 +26,9 @@ def record_event(
     """Add an event to the caller's transaction, so it commits (or not) with the change.
 
     A notification type (domain/notifications.py) also gets its outbox row here, in the same
-    transaction (engine/outbox.py)."""
+    transaction (engine/outbox.py). The subscription and customer it is about are derived
+    here (from the entity's row, else the ids in `data`), for the audit log's filters."""
+    ids = related_ids(session, entity_type, entity_id, data)
     session.add(
         Event(
             at=at,
@@ -38,8 +40,20 @@ def record_event(
             # composed one (with a gateway's code in it) within the column on PostgreSQL too.
             reason=reason[:REASON] if reason else reason,
             data=data,
+            subscription_id=_int(ids.get("subscription_id")),
+            customer_id=_int(ids.get("customer_id")),
         )
     )
     add_notification(
-        session, at=at, entity_type=entity_type, entity_id=entity_id, event=event, data=data
+        session,
+        at=at,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        event=event,
+        data=data,
+        ids=ids,
     )
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -14,7 +14,13 @@ from typing import Any
 from sqlmodel import Session
 
 from billing.domain.notifications import id_fields, notification_type
-from billing.store.models import Invoice, OutboxEvent, PaymentInstrument, Subscription
+from billing.store.models import (
+    Invoice,
+    OutboxEvent,
+    PaymentInstrument,
+    ReconciliationFinding,
+    Subscription,
+)
 
 
 def new_event_id() -> str:
@@ -30,15 +36,15 @@ def add_notification(
     entity_id: int,
     event: str,
     data: dict[str, Any],
+    ids: dict[str, int | str] | None = None,
 ) -> OutboxEvent | None:
-    """Add the outbox row for `event` when it is a notification; None when it is not."""
+    """Add the outbox row for `event` when it is a notification; None when it is not.
+    `ids`: related_ids() when the caller has them already."""
     kind = notification_type(event)
     if kind is None:
         return None
-    # no_autoflush: looking up related ids must not flush the caller's pending updates early
-    # (that would take row locks out of the agreed invoice -> attempt -> subscription order).
-    with s.no_autoflush:
-        ids = _related_ids(s, entity_type, entity_id, data)
+    if ids is None:
+        ids = related_ids(s, entity_type, entity_id, data)
     row = OutboxEvent(
         event_id=new_event_id(),
         type=kind,
@@ -52,11 +58,20 @@ def add_notification(
     return row
 
 
-def _related_ids(
+def related_ids(
     s: Session, entity_type: str, entity_id: int, data: dict[str, Any]
 ) -> dict[str, int | str]:
     """The ids a receiver needs to find the objects: its own and its parents'. Read from rows
     the change has loaded already, so the change's transaction pays (almost) no query."""
+    # no_autoflush: looking up related ids must not flush the caller's pending updates early
+    # (that would take row locks out of the agreed invoice -> attempt -> subscription order).
+    with s.no_autoflush:
+        return _related_ids(s, entity_type, entity_id, data)
+
+
+def _related_ids(
+    s: Session, entity_type: str, entity_id: int, data: dict[str, Any]
+) -> dict[str, int | str]:
     ids: dict[str, int | str] = id_fields(data)
     customer_id: int | None = None
     if entity_type == "invoice":
@@ -76,6 +91,18 @@ def _related_ids(
         customer_id = instrument.customer_id if instrument is not None else None
     elif entity_type == "customer":
         customer_id = entity_id
+    elif entity_type == "outbox_event":
+        outbox = s.get(OutboxEvent, entity_id)
+        if outbox is not None:
+            customer_id = outbox.customer_id
+            if isinstance(sub_id := outbox.payload.get("subscription_id"), int):
+                ids.setdefault("subscription_id", sub_id)
+    elif entity_type == "reconciliation_finding":
+        finding = s.get(ReconciliationFinding, entity_id)
+        invoice = s.get(Invoice, finding.invoice_id) if finding and finding.invoice_id else None
+        if invoice is not None:
+            ids["subscription_id"] = invoice.subscription_id
+            customer_id = invoice.customer_id
     if customer_id is None and isinstance(ids.get("customer_id"), int):
         customer_id = int(ids["customer_id"])
     if customer_id is not None:

@@ -41,7 +41,9 @@ def create_plan(
     interval: str,
     interval_count: int = 1,
     trial_days: int = 0,
+    reason: str | None = None,
 ) -> Plan:
+    reason = checked_reason(reason)
     refuse_unsafe(code, "plan code")
     refuse_too_long(code, "plan code", limits.PLAN_CODE)
     refuse_card_numbers(code, "plan code")
@@ -82,7 +84,13 @@ def create_plan(
         s.flush()
         assert plan.id is not None
         record_event(
-            s, at=now, entity_type="plan", entity_id=plan.id, event="plan.created", actor=ctx.actor
+            s,
+            at=now,
+            entity_type="plan",
+            entity_id=plan.id,
+            event="plan.created",
+            actor=ctx.actor,
+            reason=reason,
         )
         return plan
 
@@ -109,6 +117,7 @@ def create_subscription(
     instrument: str | None = None,
     allow_duplicate: bool = False,
     backdate: bool = False,
+    reason: str | None = None,
 ) -> Subscription:
     """Subscribe a customer. The anchor is the start (after the trial, if the plan has one).
 
@@ -116,6 +125,7 @@ def create_subscription(
     would bill the same service twice. So is a start that would bill more than one period at
     once (a typo such as 1026 for 2026 bills centuries) unless `backdate` says it is meant.
     """
+    reason = checked_reason(reason)
     now = ctx.clock.now()
     begin = begin_at(start, now)
     with session(ctx.engine) as s:
@@ -165,6 +175,7 @@ def create_subscription(
             entity_id=sub.id,
             event="subscription.created",
             actor=ctx.actor,
+            reason=reason,
             customer=customer.reference_id,
             plan=plan.code,
             anchor_at=anchor.isoformat(),

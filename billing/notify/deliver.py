@@ -4,7 +4,7 @@ At least once: a delivery is leased (store/outbox.py, the claims.py pattern) so 
 never send it at the same time, and it is marked delivered only after the receiver said 2xx.
 A crash between the send and that mark sends it again after the lease: receivers dedupe on
 the event id, which never changes. Failures back off exponentially; after
-`notify_max_attempts` the delivery is dead until `billing events redeliver`.
+`notify_max_attempts` the delivery is dead until `billing notifications redeliver`.
 """
 
 from __future__ import annotations

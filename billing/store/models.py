@@ -305,7 +305,13 @@ class StoreMeta(SQLModel, table=True):
 class Event(SQLModel, table=True):
     """Append-only log of every state change, with who did it and why."""
 
-    __table_args__ = (Index("ix_event_entity", "entity_type", "entity_id"),)
+    __table_args__ = (
+        Index("ix_event_entity", "entity_type", "entity_id"),
+        # The audit log's filters page by id (engine/audit.py): newest first, keyset.
+        Index("ix_event_customer_id_id", "customer_id", "id"),
+        Index("ix_event_subscription_id_id", "subscription_id", "id"),
+        Index("ix_event_actor_at", "actor", "at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = _utc(index=True)
@@ -315,6 +321,10 @@ class Event(SQLModel, table=True):
     actor: str = Field(max_length=128)
     reason: str | None = Field(default=None, max_length=500)
     data: dict[str, Any] = _json()
+    # Denormalised owners, set by record_event: a customer's or subscription's audit trail
+    # includes the events of its invoices and attempts. No foreign key: the log outlives rows.
+    subscription_id: int | None = None
+    customer_id: int | None = None
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -340,7 +350,7 @@ class OutboxEvent(SQLModel, table=True):
 class OutboxDelivery(SQLModel, table=True):
     """One outbox event to one receiver (a webhook endpoint, or the customer's email).
 
-    state: pending -> delivered | dead (after the attempt limit); `events redeliver` puts a
+    state: pending -> delivered | dead (after the attempt limit); `notifications redeliver` puts a
     delivered or dead one back to pending. Leased like invoices (store/claims.py).
     """
 

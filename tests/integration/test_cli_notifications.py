@@ -1,4 +1,5 @@
-"""`billing events list` and `billing events redeliver`: filters, --json, actor and reason,
+"""`billing notifications list` and `billing notifications redeliver` (and the hidden alias
+`billing events redeliver`): filters, --json, actor and reason,
 one-line refusals that change nothing."""
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 
 def test_list_filters_and_json(env: dict[str, str]) -> None:
-    code, out, _ = run(env, "events", "list", "--json")
+    code, out, _ = run(env, "notifications", "list", "--json")
     assert code == 0
     rows = json.loads(out)
     assert {(r["channel"], r["state"]) for r in rows} == {
@@ -75,17 +76,17 @@ def test_list_filters_and_json(env: dict[str, str]) -> None:
         ("email", "delivered"),
     }
     assert rows[0]["event_id"] == EVENT_ID and rows[0]["data"] == {"invoice_id": 1}
-    code, out, _ = run(env, "events", "list", "--state", "dead", "--json")
+    code, out, _ = run(env, "notifications", "list", "--state", "dead", "--json")
     assert [r["last_error"] for r in json.loads(out)] == ["HTTP 500"]
-    code, out, _ = run(env, "events", "list", "--type", "invoice.paid", "--json")
+    code, out, _ = run(env, "notifications", "list", "--type", "invoice.paid", "--json")
     assert json.loads(out) == []
-    code, out, _ = run(env, "events", "list")
+    code, out, _ = run(env, "notifications", "list")
     assert code == 0 and EVENT_ID in out and "dead" in out
 
 
 def test_redeliver_records_who_and_why(env: dict[str, str]) -> None:
     code, out, err = run(
-        env, "events", "redeliver", EVENT_ID, "--channel", "webhook",
+        env, "notifications", "redeliver", EVENT_ID, "--channel", "webhook",
         "--by", "ana", "--reason", "endpoint fixed", "--json",
     )  # fmt: skip
     assert code == 0, err
@@ -99,15 +100,26 @@ def test_redeliver_records_who_and_why(env: dict[str, str]) -> None:
     assert (logged.actor, logged.reason) == ("ana", "endpoint fixed")
 
 
+def test_events_redeliver_is_a_hidden_alias(env: dict[str, str]) -> None:
+    """Runbooks written before the audit log took `events` keep working."""
+    code, out, err = run(
+        env, "events", "redeliver", EVENT_ID, "--by", "ana", "--reason", "old runbook", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"event_id": EVENT_ID, "deliveries": 2, "by": "ana"}
+    code, out, _ = run(env, "events", "--help")
+    assert code == 0 and "redeliver" not in out and "list" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["events", "redeliver", "nope", "--reason", "x"], "an event id looks like evt_"),
-        (["events", "redeliver", "evt_" + "d" * 32, "--reason", "x"], "no event evt_"),
-        (["events", "list", "--state", "lost"], "unknown state 'lost'"),
-        (["events", "list", "--type", "invoice.nul\x00"], "unknown event type"),
-        (["events", "list", "--channel", "sms"], "unknown channel 'sms'"),
-        (["events", "redeliver", EVENT_ID, "--reason", "x\x1b[31m"], "reason"),
+        (["notifications", "redeliver", "nope", "--reason", "x"], "an event id looks like evt_"),
+        (["notifications", "redeliver", "evt_" + "d" * 32, "--reason", "x"], "no event evt_"),
+        (["notifications", "list", "--state", "lost"], "unknown state 'lost'"),
+        (["notifications", "list", "--type", "invoice.nul\x00"], "unknown event type"),
+        (["notifications", "list", "--channel", "sms"], "unknown channel 'sms'"),
+        (["notifications", "redeliver", EVENT_ID, "--reason", "x\x1b[31m"], "reason"),
     ],
 )
 def test_refusals_are_one_line_and_change_nothing(

@@ -23,11 +23,11 @@ from billing.engine.approval import (
     WAITING,
     Decision,
     approve_plan,
-    is_plan,
     plan_items,
     plan_totals,
     reject_plan,
 )
+from billing.engine.runs import is_plan
 from billing.errors import Conflict, NotFound
 from billing.store.db import session
 from billing.store.models import BillingRun, is_row_id

@@ -46,6 +46,7 @@ from billing.engine.runs import (
     RunTracker,
     clock_source,
     close_stale_runs,
+    is_plan,
 )
 from billing.engine.store_rules import clock_refusal
 from billing.engine.subscriptions import checked_reason
@@ -68,11 +69,6 @@ LIVE = (PLANNED, APPROVED, RUNNING)
 FROZEN, SENT, SKIPPED = "frozen", "sent", "skipped"
 SYSTEM = "system"
 PLAN_LOCK = "billing.plan"
-
-
-def is_plan(run: BillingRun) -> bool:
-    """A run that began as a plan of the approval gate (only plans have an expiry)."""
-    return run.expires_at is not None
 
 
 def run_gated_pass(ctx: BillingContext, should_stop: Callable[[], bool]) -> RunSummary:

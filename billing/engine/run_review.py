@@ -19,10 +19,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from billing.domain.lifecycle import AttemptState
-from billing.engine.approval import is_plan
 from billing.engine.context import BillingContext
 from billing.engine.run_export import ChargeRow, iter_charges, outcome_of
-from billing.engine.runs import EXTRA_TOTALS, effective_state, stale_after
+from billing.engine.runs import EXTRA_TOTALS, effective_state, is_plan, stale_after
 from billing.errors import NotFound
 from billing.store.db import session
 from billing.store.models import BillingRun, ChargeAttempt, Customer, Event, Invoice, is_row_id

@@ -44,6 +44,11 @@ EXTRA_TOTALS = ("due", "parked")
 BEAT_SECONDS = 1.0
 
 
+def is_plan(run: BillingRun) -> bool:
+    """A run that began as a plan of the approval gate (only plans have an expiry)."""
+    return run.expires_at is not None
+
+
 def stale_after(ctx: BillingContext) -> timedelta:
     """A run silent this long has no live pass behind it: its batches are leased for
     `lease_seconds` and it writes a heartbeat after each one."""

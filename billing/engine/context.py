@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 
 from billing.clock import Clock
+from billing.domain.bounds import SafetyBounds
 from billing.domain.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the client (httpx, TLS) is imported only by commands that call Plexo
@@ -38,3 +39,5 @@ class BillingContext:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # A payment pending longer than this is flagged for a person instead of polled forever.
     pending_max: timedelta = timedelta(days=3)
+    # Over one of these an invoice is parked, not charged (domain/bounds.py, engine/bounds.py).
+    bounds: SafetyBounds = field(default_factory=SafetyBounds)

@@ -180,7 +180,10 @@ def close_stale_runs(ctx: BillingContext, *, own_node: bool = False) -> list[int
                 continue
             linked = s.exec(select(ChargeAttempt).where(ChargeAttempt.run_id == run_id)).all()
             if run.kind == "pass":
+                parked = run.totals.get("parked")  # no attempt rows: kept from the last beat
                 run.attempts, run.totals = recount(linked)
+                if parked:
+                    run.totals["parked"] = parked
             run.state = INTERRUPTED
             run.finished_at = run.heartbeat_at or run.started_at
             s.add(run)

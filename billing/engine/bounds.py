@@ -59,12 +59,18 @@ def charges_today(s: Session, ctx: BillingContext, customer_id: int, now: dateti
 
 
 def bound_breach(
-    ctx: BillingContext, s: Session, invoice: Invoice, now: datetime, *, lock: bool = True
+    ctx: BillingContext,
+    s: Session,
+    invoice: Invoice,
+    now: datetime,
+    *,
+    lock: bool = True,
+    planned: int = 0,
 ) -> Breach | None:
     """The bound one more attempt of `invoice` would break, if any (None once released).
 
     `lock`: take the customer's row lock before counting (the write-ahead); the read-only
-    preview passes False."""
+    preview passes False, and `planned`: the customer's charges it lists before this one."""
     if released_for(invoice):
         return None
     bounds: SafetyBounds = ctx.bounds
@@ -76,7 +82,8 @@ def bound_breach(
         return breach
     if lock:
         s.get(Customer, invoice.customer_id, with_for_update=True)
-    return count_breach(bounds, charges_today(s, ctx, invoice.customer_id, now))
+    today = charges_today(s, ctx, invoice.customer_id, now) + planned
+    return count_breach(bounds, today)
 
 
 def park_invoice(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import suppress
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -24,9 +25,11 @@ from billing import metrics
 from billing.cli.main import app
 from billing.daemon.service import Daemon
 from billing.domain.bounds import SafetyBounds
+from billing.engine import bounds as bounds_engine
 from billing.engine import subscriptions
 from billing.engine.billing_pass import RunSummary, run_billing_pass
 from billing.engine.invoices import release_invoice, void_invoice
+from billing.engine.invoicing import create_due_invoices
 from billing.engine.preview import preview
 from billing.errors import Conflict
 from billing.store.db import session
@@ -229,31 +232,53 @@ CARDS = ("5555444433332222", "4507990000004905", "5588220000000006")  # approvin
 
 
 def one_customer_four_cards(env: Env, per_card: int) -> None:
-    """Customer cus-00000 with four cards and `per_card` daily subscriptions on each (a card
-    row lock alone would not serialize charges on different cards), 3 periods due each."""
-    ensure_plan(env.ctx, code="daily", amount="20.00", interval="day")
-    [first] = seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="daily")
+    """Customer cus-00000 with four cards and `per_card` monthly subscriptions on each, the
+    subscriptions of one card starting a minute before the next card's: claimed in batches
+    of `per_card`, each node gets one card (a card row lock alone would not serialize
+    charges on different cards)."""
+    ensure_plan(env.ctx)
+    [first] = seed_subscriptions(env.ctx, env.sandbox_url, 1)  # card 1, starting at START
     for number in CARDS:
         add_card(env, first, number)
     with session(env.ctx.engine) as s:
         cards = [str(i.id) for i in s.exec(select(PaymentInstrument)).all()]
     assert len(cards) == 4
-    for n, card in enumerate(cards * per_card):
-        if n == 0:
-            continue  # the seeded subscription, on the first card
-        subscriptions.create_subscription(
-            env.ctx, customer_ref="cus-00000", plan_code="daily", instrument=card,
-            allow_duplicate=True,
-        )  # fmt: skip
-    env.clock.advance(timedelta(days=2, hours=1))
+    for k, card in enumerate(cards):
+        for n in range(per_card):
+            if k == 0 and n == 0:
+                continue  # the seeded subscription
+            subscriptions.create_subscription(
+                env.ctx, customer_ref="cus-00000", plan_code="monthly", instrument=card,
+                start=START + timedelta(minutes=k, seconds=n), allow_duplicate=True,
+            )  # fmt: skip
+    env.clock.advance(timedelta(hours=1))
 
 
-def test_passes_at_once_never_exceed_the_daily_count(env: Env) -> None:
+def test_passes_at_once_never_exceed_the_daily_count(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Four daemons (nodes) charge one customer's invoices on four cards in parallel: the
-    count is taken under the customer's row lock, so at most N charges reach the sandbox."""
-    limit = 5
+    count is taken under the customer's row lock, so at most N charges reach the sandbox.
+
+    The race is made to happen: the first write-ahead that counts N - 1 waits (up to 2 s)
+    for a second one to count too before it goes on. Without the lock the second arrives
+    and both charge (N + 1); with it the second waits for the first to commit."""
+    limit = 3
     env.ctx.bounds = SafetyBounds(max_charges_per_day=limit)
-    one_customer_four_cards(env, per_card=2)  # 8 subscriptions x 3 periods: 24 due
+    meet = threading.Barrier(2, timeout=2)
+    counted = bounds_engine.charges_today
+
+    def charges_today(*args: Any, **kwargs: Any) -> int:
+        n = counted(*args, **kwargs)
+        if n == limit - 1 and not meet.broken:
+            with suppress(threading.BrokenBarrierError):  # nobody else got this far
+                meet.wait()
+        return n
+
+    monkeypatch.setattr(bounds_engine, "charges_today", charges_today)
+    one_customer_four_cards(env, per_card=8)  # 32 due, 8 on each card
+    create_due_invoices(env.ctx, env.clock.now())  # so that every node finds some to claim
+    env.ctx.concurrency = 1  # claim batches of 8: one card's invoices for each node
     nodes = [env.ctx] + [replace(env.ctx, node=f"test-node-{n}") for n in range(2, 5)]
     summaries: list[RunSummary] = []
     errors: list[BaseException] = []
@@ -273,17 +298,17 @@ def test_passes_at_once_never_exceed_the_daily_count(env: Env) -> None:
         t.join()
     assert errors == []
     assert len(env.simulator.payments()) <= limit
-    for _ in range(30):  # invoices deferred while their card was in flight on another node
+    for _ in range(30):  # anything deferred meanwhile (a card in flight on another node)
         env.clock.advance(timedelta(minutes=1))
         more = run_billing_pass(env.ctx)
         summaries.append(more)
         if not more.did_work:
             break
     statuses = [i.status for i in invoices_of(env)]
-    assert len(statuses) == 24 and statuses.count("paid") == limit
-    assert statuses.count("parked") == 24 - limit
+    assert len(statuses) == 32 and statuses.count("paid") == limit
+    assert statuses.count("parked") == 32 - limit
     assert len(env.simulator.payments()) == limit
-    assert sum(s.count("parked") for s in summaries) == 24 - limit
+    assert sum(s.count("parked") for s in summaries) == 32 - limit
     with session(env.ctx.engine) as s:
         assert len(s.exec(select(ChargeAttempt)).all()) == limit
 

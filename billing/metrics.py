@@ -210,6 +210,11 @@ SUBSCRIPTIONS_HELD = StoreGauge(
     "billing_subscriptions_held",
     "Subscriptions held for review: more periods due at once than the catch-up cap.",
 )
+INVOICES_PARKED = StoreGauge(
+    "billing_invoices_parked",
+    "Invoices parked over a safety bound (ceiling, factor, daily count): not charged until "
+    "`billing invoices release`.",
+)
 RECONCILIATION_OPEN = StoreGauge(
     "billing_reconciliation_open_findings",
     "Open findings of ledger checks against Plexo (billing reconcile), by kind "
@@ -369,6 +374,7 @@ STORE = CachedCollector(
     (
         SUBSCRIPTIONS,
         SUBSCRIPTIONS_HELD,
+        INVOICES_PARKED,
         DUE_BACKLOG,
         DUE_OLDEST_AGE,
         UNKNOWN_OUTCOMES,

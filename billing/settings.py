@@ -18,6 +18,7 @@ default, no file), for code that needs nothing more.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import socket
@@ -114,6 +115,31 @@ def parse_duration(text: str) -> timedelta:
     if not timedelta(minutes=1) <= value <= timedelta(days=365):
         raise _invalid("must be between 1 minute and 365 days")
     return value
+
+
+def parse_ceilings(text: str) -> dict[str, object]:
+    """ "UYU=5000000,USD=100000" or a JSON object -> {"UYU": 5000000, ...}; "" -> {}."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            raise _invalid('must be JSON such as {"UYU": 5000000} or UYU=5000000') from None
+        if not isinstance(parsed, dict):
+            raise _invalid('must be JSON such as {"UYU": 5000000} or UYU=5000000')
+        return parsed
+    found: dict[str, object] = {}
+    for part in stripped.split(","):
+        if not part.strip():
+            continue
+        code, sep, amount = part.partition("=")
+        amount = amount.strip()
+        if not sep or not amount.isascii() or not amount.isdigit():
+            raise _invalid(
+                "must be CURRENCY=MINOR_UNITS pairs such as UYU=5000000,USD=100000 (cents)"
+            )
+        found[code.strip()] = int(amount)
+    return found
 
 
 def env_name(field: str) -> str:
@@ -251,6 +277,15 @@ class Settings(BaseSettings):
     stop_budget_seconds: int = Field(default=30, gt=0)
     catchup_max_periods: int = Field(default=12, ge=1, le=10000)
     """A subscription with more due, uninvoiced periods than this in one pass is held."""
+    ceiling_per_currency: dict[str, int] = Field(default_factory=dict)
+    """Safety bound: an invoice above this many minor units of its currency is parked
+    ({"UYU": 5000000} is 50,000.00 UYU); a currency not named has no ceiling."""
+    max_increase_factor: float = Field(default=0.0, ge=0, le=1000)
+    """Safety bound: an invoice more than this times the subscription's previous approved
+    charge (same currency) is parked; 0 = off."""
+    max_charges_per_customer_per_day: int = Field(default=15, ge=0, le=10000)
+    """Safety bound: one customer's approved and in-flight charges per merchant-zone day; the
+    next one is parked; 0 = off."""
     expiry_warn_days: str = "30,7"
     """Pre-dunning: warn (event instrument.expiring) this many days before a card expires."""
     expiry_check_seconds: int = Field(default=3600, gt=0)
@@ -457,6 +492,33 @@ class Settings(BaseSettings):
                 "no other node takes over a charge still in flight"
             )
         return value
+
+    @field_validator("ceiling_per_currency", mode="before")
+    @classmethod
+    def _parse_ceilings(cls, value: object) -> object:
+        # The environment gives one string: JSON ({"UYU": 5000000}) or "UYU=5000000,USD=100000".
+        if not isinstance(value, str):
+            return value
+        return parse_ceilings(value)
+
+    @field_validator("ceiling_per_currency")
+    @classmethod
+    def _check_ceilings(cls, value: dict[str, int]) -> dict[str, int]:
+        from billing.domain.money import CURRENCY_DIGITS, MAX_MINOR
+
+        checked: dict[str, int] = {}
+        for code, minor in value.items():
+            currency = code.strip().upper()
+            if currency not in CURRENCY_DIGITS:
+                known = ", ".join(sorted(CURRENCY_DIGITS))
+                raise _invalid(f"unknown currency {code!r}: use {known}")
+            if isinstance(minor, bool) or not 0 < minor < MAX_MINOR:
+                raise _invalid(
+                    f"the ceiling of {currency} must be a positive whole number of "
+                    "minor units (cents), e.g. 5000000 for 50,000.00"
+                )
+            checked[currency] = minor
+        return checked
 
     @field_validator("expiry_warn_days")
     @classmethod
@@ -869,6 +931,8 @@ def _display(settings: Settings, field: str) -> str | int | float | None:
         return redact_url(value)
     if isinstance(value, list):
         return ", ".join(redact_url(str(item)) for item in value)
+    if isinstance(value, dict):  # ceiling_per_currency, in the form the environment takes
+        return ",".join(f"{key}={item}" for key, item in sorted(value.items())) or None
     plain: str | int | float | None = value  # every other setting is one of these
     return plain
 

@@ -7,9 +7,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 from billing.clock import Clock, SystemClock
+from billing.domain.bounds import SafetyBounds
 from billing.domain.retry import FinalAction, RetryPolicy, parse_days
 from billing.engine.context import BillingContext
 from billing.engine.store_rules import SCHEMA_BEHIND, check_clock, check_timezone
@@ -89,6 +91,16 @@ def retry_policy(cfg: Settings) -> RetryPolicy:
     )
 
 
+def safety_bounds(cfg: Settings) -> SafetyBounds:
+    """The bounds of domain/bounds.py from the settings (0 or unset: off)."""
+    factor = Decimal(str(cfg.max_increase_factor)) if cfg.max_increase_factor else None
+    return SafetyBounds(
+        ceilings=dict(cfg.ceiling_per_currency),
+        max_increase_factor=factor,
+        max_charges_per_day=cfg.max_charges_per_customer_per_day or None,
+    )
+
+
 @contextmanager
 def open_context(
     cfg: Settings,
@@ -137,6 +149,7 @@ def open_context(
             pending_max=timedelta(days=cfg.pending_max_days),
             approval_required=cfg.approval_required,
             approval_expires_after=cfg.approval_expires_after_delta,
+            bounds=safety_bounds(cfg),
         )
         if require_schema and not billing_work:
             # First use is the first command that succeeded (a refused one changes nothing);

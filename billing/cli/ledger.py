@@ -27,6 +27,7 @@ from billing.engine.invoices import (
     AttemptLine,
     invoice_timeline,
     mark_uncollectible,
+    release_invoice,
     resolve_invoice,
     void_invoice,
 )
@@ -63,13 +64,21 @@ def invoice_view(
         "attempt_state": attempt.state if attempt else None,
         "reference_id": attempt.reference_id if attempt else None,
         "plexo_payment_id": attempt.plexo_payment_id if attempt else None,
+        # Safety bounds: why it is (or was) parked, and who released it.
+        "parked_reason": invoice.parked_reason,
+        "parked_detail": invoice.parked_detail,
+        "parked_at": invoice.parked_at,
+        "released_at": invoice.released_at,
+        "released_by": invoice.released_by,
     }
 
 
 @invoices_app.command("list")
 @handle_errors
 def list_invoices(
-    status: str | None = typer.Option(None, "--status", help="open, charging, paid, void"),
+    status: str | None = typer.Option(
+        None, "--status", help="open, charging, parked, paid, void, uncollectible"
+    ),
     customer: str | None = typer.Option(None, "--customer", help="Customer reference id."),
     limit: int | None = typer.Option(
         None, "--limit", min=1, max=100_000, help=f"At most N (default {DEFAULT_INVOICE_LIMIT})."
@@ -117,6 +126,8 @@ def list_invoices(
         views = [invoice_view(invoice, ref, attempt) for invoice, ref, attempt in rows]
     columns = ["number", "customer", "period_start", "amount", "currency", "status", "attempts"]
     columns += ["attempt_state", "reference_id", "plexo_payment_id", "last_decline_code"]
+    if status == InvoiceStatus.parked:
+        columns += ["parked_reason", "parked_at"]
     output(views, as_json, table(views, columns))
     if total > len(views):
         # stderr, so that --json stays one parsable document
@@ -181,6 +192,17 @@ def render_timeline(view: dict[str, Any]) -> str:
     columns = ["attempt", "at", "instrument", "state", "decline_code", "result_code"]
     columns += ["decline_class", "reference_id", "plexo_payment_id"]
     lines = [*head, table(rows, columns) if rows else "no attempts yet"]
+    if view["status"] == "parked":
+        lines.append(
+            f"parked {local_time(view['parked_at'])} ({view['parked_reason']}): "
+            f"{cell(view['parked_detail'])}; `billing invoices release {view['number']} "
+            "--reason ...` lets it be charged"
+        )
+    if view["released_at"] is not None:
+        lines.append(
+            f"released by {cell(view['released_by'])} {local_time(view['released_at'])} "
+            f"(was parked: {view['parked_reason']})"
+        )
     if view["next_attempt_at"] is not None:
         lines.append(f"next attempt: {local_time(view['next_attempt_at'])}")
     elif view["next_check_at"] is not None:
@@ -203,6 +225,25 @@ def void(
     with open_context(settings(), actor=actor) as ctx:
         done = void_invoice(ctx, invoice, reason=reason)
     output(invoice_view(done, None), as_json, f"invoice {done.number} voided by {actor}")
+
+
+@invoices_app.command("release")
+@handle_errors
+def release(
+    invoice: str = typer.Argument(..., help="Invoice id or number."),
+    reason: str = ReasonOption,
+    by: str | None = ByOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Let a parked invoice be charged (over its safety bound, at this amount, once)."""
+    actor = operator_name(by)
+    with open_context(settings(), actor=actor) as ctx:
+        done = release_invoice(ctx, invoice, reason=reason)
+    output(
+        invoice_view(done, None),
+        as_json,
+        f"invoice {done.number} released by {actor}: the next billing pass charges it",
+    )
 
 
 @invoices_app.command("mark-uncollectible")
@@ -278,6 +319,8 @@ def retry_invoice(
             if result.next_attempt_at
             else f"; invoice {result.invoice_status}"
         )
+    elif result.outcome == "parked":
+        text += ": over a safety bound, not sent (see `billing invoices show`)"
     elif result.outcome in ("unknown", "pending"):
         text += ": the reconciler asks Plexo before anything else is sent"
     output(view, as_json, text)

@@ -97,10 +97,17 @@ def render_summary(summary: RunSummary) -> str:
         if summary.subscriptions_held
         else ""
     )
+    parked = summary.count("parked")
+    parked_text = (
+        f", {_count(parked, 'invoice')} parked over a safety bound "
+        "(see `billing invoices list --status parked`)"
+        if parked
+        else ""
+    )
     head = (
         f"{name} ({summary.kind}) as of {local_time(summary.as_of)}: "
         f"{_count(summary.invoices_created, 'invoice')} created, {held}"
-        f"{_count(summary.attempts, work)}"
+        f"{_count(summary.attempts, work)}{parked_text}"
     )
     text = head + ("\n" + table(rows, ["outcome", "count", "amounts"]) if rows else "")
     if summary.plans_expired:

@@ -83,6 +83,7 @@ class Daemon:
                 pending=summary.count("pending"),
                 unknown=summary.count("unknown"),
                 plan_id=summary.plan_id,
+                parked=summary.count("parked"),
             )
             notify(f"STATUS={status_line(summary)}")  # systemctl status shows the last pass
         elif time.monotonic() - self._last_log >= HEARTBEAT_SECONDS:
@@ -159,7 +160,8 @@ class Daemon:
 
     def store_samples(self) -> metrics.Samples:
         """The DB-derived gauges (metrics.STORE): subscriptions by status, held, due backlog and
-        unresolved attempts with their oldest ages, read in one short transaction."""
+        unresolved attempts with their oldest ages, parked invoices, read in one short
+        transaction."""
         return store_samples(self.ctx.engine, self.ctx.clock.now())
 
     # --- life ----------------------------------------------------------------------------
@@ -207,11 +209,15 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
             .where(col(Subscription.held_at).is_not(None))
             .where(Subscription.status != SubscriptionStatus.canceled)
         ).one()
+        parked = s.exec(  # ix_invoice_claimable (status, next_attempt_at) serves it
+            select(func.count(col(Invoice.id))).where(Invoice.status == InvoiceStatus.parked)
+        ).one()
     statuses = {str(status): 0.0 for status in SubscriptionStatus}
     statuses.update({str(status): float(n) for status, n in by_status.items()})
     return {
         metrics.SUBSCRIPTIONS.name: {(status,): n for status, n in statuses.items()},
         metrics.SUBSCRIPTIONS_HELD.name: {(): float(held)},
+        metrics.INVOICES_PARKED.name: {(): float(parked)},
         metrics.DUE_BACKLOG.name: {(): float(due_count)},
         metrics.DUE_OLDEST_AGE.name: {(): _age(now, oldest_due)},
         metrics.UNKNOWN_OUTCOMES.name: {(): float(unresolved)},
@@ -231,5 +237,5 @@ def status_line(summary: RunSummary) -> str:
         f"last pass {summary.as_of:%Y-%m-%d %H:%M} UTC: {summary.invoices_created} invoiced, "
         f"{summary.attempts} charged ({summary.count('approved')} approved, "
         f"{summary.count('declined')} declined, {summary.count('unknown')} unknown), "
-        f"{summary.subscriptions_held} held"
+        f"{summary.subscriptions_held} held, {summary.count('parked')} parked"
     )

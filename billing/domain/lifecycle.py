@@ -36,6 +36,7 @@ class AttemptState(StrEnum):
 class InvoiceStatus(StrEnum):
     open = "open"
     charging = "charging"  # an attempt is in flight or unresolved
+    parked = "parked"  # over a safety bound (domain/bounds.py): not charged until released
     paid = "paid"
     void = "void"
     uncollectible = "uncollectible"
@@ -71,9 +72,12 @@ ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
 
 INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
     # open -> uncollectible: the retry chain ended (dunning's final action) or a person said so.
-    _I.open:          frozenset({_I.charging, _I.void, _I.paid, _I.uncollectible}),
+    # open -> parked: over a safety bound at the write-ahead, nothing sent.
+    _I.open:          frozenset({_I.charging, _I.void, _I.paid, _I.uncollectible, _I.parked}),
     # charging -> open: the attempt was declined and a retry is scheduled.
     _I.charging:      frozenset({_I.paid, _I.open, _I.charging, _I.uncollectible}),
+    # parked -> open: `invoices release` (a person's one-time permission); -> void by hand.
+    _I.parked:        frozenset({_I.open, _I.void}),
     _I.paid:          frozenset(),
     _I.void:          frozenset(),
     # A late payment (or one found by the reconciler) still pays an uncollectible invoice.

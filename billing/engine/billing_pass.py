@@ -48,7 +48,8 @@ class RunSummary:
     def add(self, result: AttemptResult) -> None:
         if result.outcome == "skipped":
             return
-        self.attempts += 1
+        if result.outcome != "parked":  # parked: over a safety bound, nothing was sent
+            self.attempts += 1
         entry = self.totals.setdefault(result.outcome, {"count": 0, "amounts": {}})
         entry["count"] += 1
         amounts: dict[str, int] = entry["amounts"]
@@ -68,11 +69,12 @@ class RunSummary:
             or self.attempts > 0
             or self.plan_id is not None
             or bool(self.plans_expired)
+            or self.count("parked") > 0
         )
 
 
 def observe(result: AttemptResult) -> None:
-    if result.outcome == "skipped":
+    if result.outcome in ("skipped", "parked"):  # parked ones: the billing_invoices_parked gauge
         return
     metrics.CHARGES.labels(outcome=result.outcome, decline_class=result.decline_class or "").inc()
     metrics.CHARGE_AMOUNT.labels(currency=result.currency, outcome=result.outcome).inc(

@@ -37,6 +37,7 @@ from billing.domain.retry import (
     next_step,
 )
 from billing.domain.text import gateway_text
+from billing.engine.bounds import bound_breach, park_invoice
 from billing.engine.context import BillingContext
 from billing.engine.customers import sync_instruments
 from billing.engine.events import record_event
@@ -64,7 +65,7 @@ MAX_CHECK_DELAY_SECONDS = 3600.0
 @dataclass(frozen=True)
 class AttemptResult:
     invoice_id: int
-    outcome: str  # approved | declined | pending | unknown | skipped
+    outcome: str  # approved | declined | pending | unknown | parked | skipped
     amount_minor: int
     currency: str
     decline_class: str | None = None
@@ -152,6 +153,13 @@ def _write_ahead(
         refused = cap_refusal(s, invoice, instrument.id, now)
         if refused is not None:
             return _defer(ctx, s, invoice, refused, now)
+        breach = bound_breach(ctx, s, invoice, now)
+        if breach is not None:
+            # Over a safety bound: parked for a person, nothing sent (engine/bounds.py).
+            if not park_invoice(ctx, s, invoice, breach, now, run_id):
+                s.rollback()
+                return AttemptResult(invoice_id, "skipped", 0, "")
+            return AttemptResult(invoice_id, "parked", invoice.amount_minor, invoice.currency)
         number = invoice.attempt_count + 1
         if expected is not None:
             # In the write-ahead's own transaction: nothing can change between check and send.

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine
 
 from billing.clock import Clock
+from billing.domain.bounds import SafetyBounds
 from billing.domain.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the client (httpx, TLS) is imported only by commands that call Plexo
@@ -41,3 +42,5 @@ class BillingContext:
     # Approval gate (engine/approval.py): passes freeze plans; only approved ones are charged.
     approval_required: bool = False
     approval_expires_after: timedelta = timedelta(hours=24)
+    # Over one of these an invoice is parked, not charged (domain/bounds.py, engine/bounds.py).
+    bounds: SafetyBounds = field(default_factory=SafetyBounds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,13 +22,18 @@ def record_event(
     event: str,
     actor: str,
     reason: str | None = None,
+    extra_data: Mapping[str, Any] | None = None,
     **data: Any,
 ) -> None:
     """Add an event to the caller's transaction, so it commits (or not) with the change.
 
+    `extra_data` adds data keys a keyword cannot carry (e.g. a data key named "reason").
+
     A notification type (domain/notifications.py) also gets its outbox row here, in the same
     transaction (engine/outbox.py). The subscription and customer it is about are derived
     here (from the entity's row, else the ids in `data`), for the audit log's filters."""
+    if extra_data:
+        data = {**data, **extra_data}
     ids = related_ids(session, entity_type, entity_id, data)
     session.add(
         Event(

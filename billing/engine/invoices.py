@@ -238,3 +238,49 @@ def _not_charged(attempt: ChargeAttempt, invoice: Invoice, now: datetime) -> Non
     invoice.lease_owner = None
     invoice.lease_until = None
     invoice.updated_at = now
+
+
+def release_invoice(ctx: BillingContext, key: str, *, reason: str | None) -> Invoice:
+    """Let a parked invoice go: it reopens, due now, and the next pass charges it although it
+    is over a bound. The permission covers this invoice at this amount only (another amount
+    is checked again); compare-and-set on `parked`, in the event log with actor and reason."""
+    checked = _required_reason(reason, "released")
+    now = ctx.clock.now()
+    with session(ctx.engine) as s:
+        invoice = find_invoice(s, key)
+        if invoice.status != InvoiceStatus.parked:
+            raise Conflict(
+                f"invoice {invoice.number} is {invoice.status}, not parked: nothing to release"
+            )
+        check_transition("invoice", InvoiceStatus.parked, InvoiceStatus.open)
+        changed = s.exec(
+            update(Invoice)
+            .where(col(Invoice.id) == invoice.id)
+            .where(col(Invoice.status) == InvoiceStatus.parked)
+            .values(
+                status=InvoiceStatus.open,
+                next_attempt_at=now,
+                released_at=now,
+                released_by=ctx.actor,
+                released_amount_minor=invoice.amount_minor,
+                updated_at=now,
+            )
+        )
+        if changed.rowcount != 1:
+            s.rollback()
+            raise Conflict(f"invoice {invoice.number} changed meanwhile; look at it again")
+        assert invoice.id is not None
+        record_event(
+            s,
+            at=now,
+            entity_type="invoice",
+            entity_id=invoice.id,
+            event="invoice.released",
+            actor=ctx.actor,
+            reason=checked,
+            parked_reason=invoice.parked_reason,
+            amount_minor=invoice.amount_minor,
+            currency=invoice.currency,
+        )
+        s.refresh(invoice)
+        return invoice

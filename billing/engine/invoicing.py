@@ -270,9 +270,12 @@ def void_open_invoices(
     subscription_id: int | None = None,
     customer_id: int | None = None,
 ) -> int:
-    """Void the open invoices of a subscription or customer, atomically `WHERE status='open'`:
-    an invoice a node moved to `charging` meanwhile is left alone (its charge may take money)."""
-    query = update(Invoice).where(col(Invoice.status) == InvoiceStatus.open)
+    """Void the open (and parked) invoices of a subscription or customer, atomically
+    `WHERE status IN ('open', 'parked')`: an invoice a node moved to `charging` meanwhile is
+    left alone (its charge may take money)."""
+    query = update(Invoice).where(
+        col(Invoice.status).in_([InvoiceStatus.open, InvoiceStatus.parked])
+    )
     if subscription_id is not None:
         query = query.where(col(Invoice.subscription_id) == subscription_id)
     if customer_id is not None:

@@ -7,7 +7,9 @@ choice, card-network caps, retry schedule) on the store as it stands.
 The rule for outcomes not yet known: every listed charge is the NEXT attempt of an invoice as
 scheduled now (renewals whose period starts by `until`, and open invoices whose next attempt
 is due by `until`). A retry that would only follow a decline not yet known is not listed as a
-charge; each charge says instead what a (soft) decline would lead to (`if_declined`).
+charge; each charge says instead what a (soft) decline would lead to (`if_declined`). An
+invoice over a safety bound is listed `parked`, not as a charge; the daily count counts the
+customer's charges listed before it as if approved.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from billing.clock import ensure_utc
 from billing.domain.declines import DeclineClass
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.domain.retry import FinalAction, build_schedule, check_caps, final_action, next_step
+from billing.engine.bounds import bound_breach
 from billing.engine.charge import fallback_allowed
 from billing.engine.context import BillingContext
 from billing.engine.invoicing import (
@@ -40,7 +43,8 @@ from billing.store.models import ChargeAttempt, Customer, Invoice, Plan, Subscri
 class PreviewLine:
     """One thing the pass would do for one invoice or subscription."""
 
-    kind: str  # renewal | retry | deferred | no_instrument | final_action | held | canceled
+    # renewal | retry | deferred | parked | no_instrument | final_action | held | canceled
+    kind: str
     customer: str
     subscription_id: int
     invoice: str | None  # the invoice number; None for an invoice the pass would create
@@ -126,11 +130,14 @@ def preview(ctx: BillingContext, until: datetime) -> Preview:
         pending += created
         pending.sort(key=lambda p: p.order)
         voided: set[int] = set()
+        planned: dict[int, int] = {}  # charges listed per customer (the daily-count bound)
         for p in pending:
             if p.sub.id in voided:
                 continue
-            line = _attempt(ctx, s, p, until)
+            line = _attempt(ctx, s, p, until, planned.get(p.invoice.customer_id, 0))
             result.lines.append(line)
+            if line.charged:
+                planned[p.invoice.customer_id] = planned.get(p.invoice.customer_id, 0) + 1
             if line.final_action == FinalAction.cancel_now:
                 assert p.sub.id is not None
                 voided.add(p.sub.id)  # canceling voids the subscription's open invoices
@@ -217,8 +224,11 @@ def _sub_line(
     )
 
 
-def _attempt(ctx: BillingContext, s: Session, p: _Pending, until: datetime) -> PreviewLine:
-    """The decision _write_ahead makes for one claimed invoice, at `until`."""
+def _attempt(
+    ctx: BillingContext, s: Session, p: _Pending, until: datetime, planned: int
+) -> PreviewLine:
+    """The decision _write_ahead makes for one claimed invoice, at `until` (`planned`: the
+    customer's charges listed before it, counted as if approved by the daily bound)."""
     inv, sub = p.invoice, p.sub
     assert sub.id is not None
     line = PreviewLine(
@@ -252,6 +262,11 @@ def _attempt(ctx: BillingContext, s: Session, p: _Pending, until: datetime) -> P
         line.instrument_id = card.id
         return line
     line.instrument_id = card.id
+    breach = bound_breach(ctx, s, inv, until, lock=False, planned=planned)
+    if breach is not None:
+        line.kind, line.attempt_number = "parked", None
+        line.detail = f"{breach.reason}: {breach.detail}; not sent until released"
+        return line
     line.instrument = f"{card.brand or 'card'} *{card.last4 or '????'}"
     line.if_declined = _if_declined(ctx, s, inv, until)
     return line

@@ -181,6 +181,15 @@ class Invoice(SQLModel, table=True):
     attention_at: datetime | None = _utc(nullable=True)
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_until: datetime | None = _utc(nullable=True)
+    # Parked over a safety bound (domain/bounds.py): ceiling | factor | daily_count, and why.
+    parked_reason: str | None = Field(default=None, max_length=16)
+    parked_detail: str | None = Field(default=None, max_length=200)
+    parked_at: datetime | None = _utc(nullable=True)
+    # `invoices release`: who let it go, and the amount the permission covers (once changed,
+    # the bounds apply again).
+    released_at: datetime | None = _utc(nullable=True)
+    released_by: str | None = Field(default=None, max_length=128)
+    released_amount_minor: int | None = None
     paid_at: datetime | None = _utc(nullable=True)
     created_at: datetime = _utc()
     updated_at: datetime = _utc()

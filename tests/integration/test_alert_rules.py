@@ -35,6 +35,7 @@ ALERTS = {
     "BillingNotificationDeliveriesFailing",
     "BillingJobErrors",
     "BillingSubscriptionsHeld",
+    "BillingInvoicesParked",
 }
 # Series Prometheus makes itself for every target.
 SYNTHETIC = {"up"}

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from billing.domain.bounds import SafetyBounds
 from billing.engine import subscriptions
 from billing.engine.billing_pass import run_billing_pass
 from billing.engine.charge import AttemptResult
@@ -206,6 +207,7 @@ def test_concurrent_outcomes_of_one_subscription_keep_the_latest_paid_period(env
     paid period must end up at the last one (no lost update between concurrent recorders)."""
     ensure_plan(env.ctx, code="daily", interval="day")
     env.ctx.catchup_max_periods = 60  # a catch-up the operator allowed (default cap: 12)
+    env.ctx.bounds = SafetyBounds(max_charges_per_day=60)  # and 60 charges of one customer today
     [sub_id] = seed_subscriptions(env.ctx, env.sandbox_url, 1, plan_code="daily", start=START)
     env.clock.set(START + timedelta(days=59, hours=1))
     run_billing_pass(env.ctx)

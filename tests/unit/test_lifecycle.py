@@ -39,8 +39,9 @@ AGREED: dict[str, dict[str, set[str]]] = {
         "declined": set(),
     },
     "invoice": {
-        "open": {"charging", "void", "paid", "uncollectible"},
+        "open": {"charging", "void", "paid", "uncollectible", "parked"},
         "charging": {"paid", "open", "charging", "uncollectible"},
+        "parked": {"open", "void"},
         "paid": set(),
         "void": set(),
         "uncollectible": {"paid", "void"},

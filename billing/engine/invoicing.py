@@ -12,17 +12,22 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Boolean, Integer, String, and_, case, column, null, or_, update, values
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.domain.periods import Interval, period_bounds, period_start, periods_started_by
 from billing.engine.context import BillingContext
-from billing.engine.events import record_event
+from billing.engine.events import NewEvent, record_event, record_events
 from billing.logs import log_event
 from billing.store.db import session
 from billing.store.models import Invoice, Plan, Subscription
+from billing.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,9 @@ INVOICING_STATUSES = (
 # Upper bound of periods invoiced for one subscription in one step (a long outage catches up
 # over several steps rather than in one huge transaction).
 MAX_PERIODS_PER_STEP = 64
+# Subscriptions invoiced per transaction: big enough that a billing day's 20k due cost a few
+# dozen transactions, small enough that SQLite's write lock is held for milliseconds.
+BATCH_SIZE = 500
 
 
 def new_invoice_number() -> str:
@@ -57,6 +65,7 @@ class Invoiced:
 
     created: int = 0
     held: int = 0
+    failed: int = 0  # subscriptions that could not be invoiced (logged; retried next pass)
 
 
 def due_subscription_ids(ctx: BillingContext, now: datetime, limit: int = 1000) -> list[int]:
@@ -248,17 +257,432 @@ def invoice_periods(
     return len(created)
 
 
-def create_due_invoices(ctx: BillingContext, now: datetime) -> Invoiced:
-    """Invoice every started period of every due subscription; hold those over the cap."""
+def create_due_invoices(
+    ctx: BillingContext, now: datetime, batch_size: int = BATCH_SIZE
+) -> Invoiced:
+    """Invoice every started period of every due subscription; hold those over the cap.
+
+    Sweeps the due subscriptions in batches (invoice_batch), each batch one transaction; a
+    sweep that changed something is followed by another (a subscription may still owe periods
+    after MAX_PERIODS_PER_STEP), until one changes nothing. The keyset cursor moves past a
+    subscription that could not be invoiced, so no bad row blocks the ones after it."""
     total = Invoiced()
     while True:
-        steps = [invoice_due_periods(ctx, sid, now) for sid in due_subscription_ids(ctx, now)]
-        created = sum(step.created for step in steps)
-        held = sum(1 for step in steps if step.held)
-        total.created += created
-        total.held += held
-        if created == 0 and held == 0:
+        progress = False
+        after: tuple[datetime, int] | None = None
+        while True:
+            batch = _invoice_next_batch(ctx, now, after, batch_size)
+            if batch is None:
+                break
+            after, done = batch
+            total.created += done.created
+            total.held += done.held
+            total.failed += done.failed
+            progress = progress or done.moved > 0
+        if not progress:
             return total
+
+
+@dataclass
+class Batch:
+    """What one batch did: invoices created, subscriptions held, subscriptions moved (advanced
+    or held: the sweep made progress), subscriptions that could not be invoiced."""
+
+    created: int = 0
+    held: int = 0
+    moved: int = 0
+    failed: int = 0
+
+
+def _invoice_next_batch(
+    ctx: BillingContext, now: datetime, after: tuple[datetime, int] | None, limit: int
+) -> tuple[tuple[datetime, int], Batch] | None:
+    """Invoice the next `limit` due subscriptions after the cursor in one transaction; None
+    when none is left. A batch the database refuses as a whole (e.g. an IntegrityError) is
+    rolled back and redone one subscription at a time, so one bad row costs only itself."""
+    ids: list[int] = []
+    cursor: tuple[datetime, int] | None = None
+    try:
+        with session(ctx.engine) as s:
+            subs = _due_batch(s, now, after, limit)
+            if not subs:
+                return None
+            last = subs[-1]
+            assert last.id is not None and last.next_billing_at is not None
+            cursor = (last.next_billing_at, last.id)
+            ids = [sub.id for sub in subs if sub.id is not None]
+            return cursor, invoice_batch(ctx, s, subs, now)
+    except (OperationalError, InterfaceError):
+        raise  # the database itself is failing: the pass stops, as it would for a charge
+    except Exception as exc:
+        if cursor is None:
+            raise
+        log_event(
+            log, "invoicing.batch_failed", logging.ERROR, error=type(exc).__name__, size=len(ids)
+        )
+        return cursor, _one_by_one(ctx, ids, now)
+
+
+def _due_batch(
+    s: Session, now: datetime, after: tuple[datetime, int] | None, limit: int
+) -> list[Subscription]:
+    """The next due subscriptions in (next_billing_at, id) order, locked for this transaction.
+
+    PostgreSQL: `FOR UPDATE OF subscription SKIP LOCKED`, so two daemons invoice disjoint
+    batches instead of queueing on each other (a row locked elsewhere is left for the next
+    sweep or pass; it stays due). SQLite renders no lock: BEGIN IMMEDIATE serializes writers."""
+    query = (
+        select(Subscription)
+        .where(col(Subscription.status).in_([str(x) for x in INVOICING_STATUSES]))
+        .where(col(Subscription.next_billing_at) <= now)
+        .where(col(Subscription.held_at).is_(None))
+    )
+    if after is not None:
+        at, sub_id = after
+        query = query.where(
+            or_(
+                col(Subscription.next_billing_at) > at,
+                and_(col(Subscription.next_billing_at) == at, col(Subscription.id) > sub_id),
+            )
+        )
+    query = (
+        query.order_by(col(Subscription.next_billing_at), col(Subscription.id))
+        .limit(limit)
+        .with_for_update(of=Subscription, skip_locked=True)
+    )
+    return list(s.exec(query).all())
+
+
+def _one_by_one(ctx: BillingContext, ids: list[int], now: datetime) -> Batch:
+    """The fallback of a refused batch: each subscription in its own transaction (the
+    per-subscription path), a failure logged and counted, never raised past the others."""
+    done = Batch()
+    for sub_id in ids:
+        try:
+            step = invoice_due_periods(ctx, sub_id, now)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as exc:
+            done.failed += 1
+            log_event(
+                log,
+                "invoicing.failed",
+                logging.ERROR,
+                subscription_id=sub_id,
+                error=type(exc).__name__,
+            )
+            continue
+        done.created += step.created
+        done.held += int(step.held)
+        done.moved += int(step.created > 0 or step.held)
+    return done
+
+
+@dataclass
+class _Advance:
+    """One subscription's planned move: the invoices of its started periods and its next
+    period (what invoice_periods does for one, kept for the batch's statements)."""
+
+    sub: Subscription
+    invoices: list[Invoice]
+    next_index: int
+    next_billing_at: datetime | None
+    canceled_at: datetime | None
+    reset_catchup: bool
+
+
+def invoice_batch(
+    ctx: BillingContext, s: Session, subs: list[Subscription], now: datetime
+) -> Batch:
+    """Invoice the started periods of `subs` (read in this transaction) with a few set-based
+    statements: one compare-and-set UPDATE ... FROM (VALUES ...) RETURNING for the holds, one
+    for the advances, one INSERT ... ON CONFLICT (subscription_id, period_start) DO NOTHING
+    RETURNING for the invoices of the subscriptions whose compare-and-set won, one INSERT for
+    the events. A subscription that cannot be planned (its plan is gone or broken) is logged
+    and skipped; the others go on."""
+    done = Batch()
+    plans = _plans_of(s, subs)
+    advances: list[_Advance] = []
+    holds: list[tuple[Subscription, int]] = []
+    for sub in subs:
+        try:
+            planned = _plan(ctx, sub, plans.get(sub.plan_id), now)
+        except Exception as exc:
+            done.failed += 1
+            log_event(
+                log,
+                "invoicing.failed",
+                logging.ERROR,
+                subscription_id=sub.id,
+                error=type(exc).__name__,
+            )
+            continue
+        if isinstance(planned, _Advance):
+            advances.append(planned)
+        elif planned:
+            holds.append((sub, planned))
+    events: list[NewEvent] = []
+    for sub, due in _hold_all(ctx, s, holds, now):
+        done.held += 1
+        log_event(log, "subscription.held", logging.WARNING, subscription_id=sub.id, periods=due)
+        events.append(_held_event(ctx, sub, due))
+    moved = _advance_all(ctx, s, advances, now)
+    created = _insert_invoices(s, [invoice for a in moved for invoice in a.invoices])
+    done.created = len(created)
+    done.moved = done.held + len(moved)
+    for invoice in created:
+        events.append(_created_event(invoice))
+    for a in moved:
+        if a.canceled_at is not None:
+            assert a.sub.id is not None
+            events.append(
+                NewEvent(
+                    "subscription",
+                    a.sub.id,
+                    "subscription.canceled",
+                    {"subscription_id": a.sub.id, "customer_id": a.sub.customer_id},
+                    reason="canceled at period end",
+                )
+            )
+    record_events(s, at=now, actor=ctx.actor, events=events)
+    return done
+
+
+def _plans_of(s: Session, subs: list[Subscription]) -> dict[int, Plan]:
+    """The plans of a batch in one query (plans are few; many subscriptions share one)."""
+    ids = {sub.plan_id for sub in subs}
+    rows = s.exec(select(Plan).where(col(Plan.id).in_(ids))).all()
+    return {plan.id: plan for plan in rows if plan.id is not None}
+
+
+def _plan(
+    ctx: BillingContext, sub: Subscription, plan: Plan | None, now: datetime
+) -> _Advance | int:
+    """What one subscription needs, decided as invoice_due_periods does: an advance, a hold
+    (the number of periods due, over the cap), or 0 (nothing started)."""
+    if plan is None:
+        raise LookupError(f"plan {sub.plan_id} of subscription {sub.id} not found")
+    indices = started_periods(ctx, sub, plan, now)
+    if not indices:
+        return 0
+    if over_cap(ctx, sub, indices):
+        return len(indices)
+    created, cancel_at = period_invoices(
+        ctx, sub, plan, indices[:MAX_PERIODS_PER_STEP], now, new_invoice_number
+    )
+    next_index = sub.next_period_index + len(created)
+    allowed = sub.catchup_through_index
+    next_at = period_start(
+        sub.anchor_at, Interval(plan.interval), plan.interval_count, next_index, ctx.tz
+    )
+    return _Advance(
+        sub=sub,
+        invoices=created,
+        next_index=next_index,
+        next_billing_at=None if cancel_at is not None else next_at,
+        canceled_at=cancel_at,
+        reset_catchup=allowed is not None and next_index > allowed,
+    )
+
+
+def _guarded(values: Any) -> list[Any]:
+    """The compare-and-set of every batch statement: the subscription is as we read it."""
+    sub = Subscription.__table__.c  # type: ignore[attr-defined]
+    return [
+        sub.id == values.c.id,
+        sub.next_period_index == values.c.first,
+        sub.plan_id == values.c.plan_id,
+        sub.cancel_at_period_end == values.c.cape,
+        sub.status.in_([str(x) for x in INVOICING_STATUSES]),
+        sub.held_at.is_(None),
+    ]
+
+
+def _hold_all(
+    ctx: BillingContext, s: Session, holds: list[tuple[Subscription, int]], now: datetime
+) -> list[tuple[Subscription, int]]:
+    """Hold these subscriptions for review (compare-and-set, one statement); returns those
+    held (one somebody moved meanwhile is left as it is)."""
+    if not holds:
+        return []
+    table = Subscription.__table__  # type: ignore[attr-defined]
+    cap = ctx.catchup_max_periods
+    v = (
+        values(
+            column("id", Integer),
+            column("first", Integer),
+            column("plan_id", Integer),
+            column("cape", Boolean),
+            column("due", Integer),
+            column("reason", String),
+            name="v",
+        )
+        .data(
+            [
+                (
+                    sub.id,
+                    sub.next_period_index,
+                    sub.plan_id,
+                    sub.cancel_at_period_end,
+                    due,
+                    f"{due} periods due at once, more than the catch-up cap of {cap}",
+                )
+                for sub, due in holds
+            ]
+        )
+        .cte("v")
+    )
+    won = set(
+        s.connection()
+        .execute(
+            update(table)
+            .where(*_guarded(v))
+            .values(held_at=now, held_reason=v.c.reason, held_periods=v.c.due, updated_at=now)
+            .returning(table.c.id)
+        )
+        .scalars()
+    )
+    return [(sub, due) for sub, due in holds if sub.id in won]
+
+
+def _advance_all(
+    ctx: BillingContext, s: Session, advances: list[_Advance], now: datetime
+) -> list[_Advance]:
+    """Move each subscription past its invoiced periods with one compare-and-set UPDATE ...
+    FROM (VALUES ...) RETURNING id; returns the advances that won. Only a winner's invoices
+    are inserted: the node that moved next_period_index from `first` is the one that bills
+    those periods. Status and the release allowance change only where the plan says so (a
+    concurrent past_due is kept)."""
+    if not advances:
+        return []
+    table = Subscription.__table__  # type: ignore[attr-defined]
+    v = (
+        values(
+            column("id", Integer),
+            column("first", Integer),
+            column("plan_id", Integer),
+            column("cape", Boolean),
+            column("next_index", Integer),
+            column("next_at", UTCDateTime),
+            column("canceled_at", UTCDateTime),
+            column("cancel", Boolean),
+            column("reset", Boolean),
+            name="v",
+        )
+        .data(
+            [
+                (
+                    a.sub.id,
+                    a.sub.next_period_index,
+                    a.sub.plan_id,
+                    a.sub.cancel_at_period_end,
+                    a.next_index,
+                    a.next_billing_at,
+                    a.canceled_at,
+                    a.canceled_at is not None,
+                    a.reset_catchup,
+                )
+                for a in advances
+            ]
+        )
+        .cte("v")
+    )
+    won = set(
+        s.connection()
+        .execute(
+            update(table)
+            .where(*_guarded(v))
+            .values(
+                next_period_index=v.c.next_index,
+                next_billing_at=v.c.next_at,
+                updated_at=now,
+                status=case((v.c.cancel, str(SubscriptionStatus.canceled)), else_=table.c.status),
+                canceled_at=case((v.c.cancel, v.c.canceled_at), else_=table.c.canceled_at),
+                catchup_through_index=case(
+                    (v.c.reset, null()), else_=table.c.catchup_through_index
+                ),
+            )
+            .returning(table.c.id)
+        )
+        .scalars()
+    )
+    return [a for a in advances if a.sub.id in won]
+
+
+def _insert_invoices(s: Session, invoices: list[Invoice]) -> list[Invoice]:
+    """Insert the invoices, skipping any period that exists already (the UNIQUE period is the
+    last line of defence: such a period is billed once, by whoever inserted it first);
+    returns the invoices inserted, with their ids."""
+    if not invoices:
+        return []
+    table = Invoice.__table__  # type: ignore[attr-defined]
+    insert_ = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    rows = [
+        {
+            "number": i.number,
+            "subscription_id": i.subscription_id,
+            "customer_id": i.customer_id,
+            "period_index": i.period_index,
+            "period_start": i.period_start,
+            "period_end": i.period_end,
+            "amount_minor": i.amount_minor,
+            "currency": i.currency,
+            "status": str(i.status),
+            "attempt_count": 0,
+            "next_attempt_at": i.next_attempt_at,
+            "created_at": i.created_at,
+            "updated_at": i.updated_at,
+        }
+        for i in invoices
+    ]
+    stmt = (
+        insert_(table)
+        .on_conflict_do_nothing(index_elements=["subscription_id", "period_start"])
+        .returning(table.c.id, table.c.number)
+    )
+    by_number = {i.number: i for i in invoices}
+    created: list[Invoice] = []
+    for invoice_id, number in s.connection().execute(stmt, rows).all():
+        invoice = by_number[number]
+        invoice.id = invoice_id
+        created.append(invoice)
+    created.sort(key=lambda i: (i.subscription_id, i.period_index))
+    return created
+
+
+def _created_event(invoice: Invoice) -> NewEvent:
+    assert invoice.id is not None
+    return NewEvent(
+        "invoice",
+        invoice.id,
+        "invoice.created",
+        {
+            "invoice_id": invoice.id,
+            "invoice_number": invoice.number,
+            "subscription_id": invoice.subscription_id,
+            "customer_id": invoice.customer_id,
+        },
+        reason="period started",
+        data={
+            "number": invoice.number,
+            "period_start": invoice.period_start.isoformat(),
+            "amount_minor": invoice.amount_minor,
+            "currency": invoice.currency,
+        },
+    )
+
+
+def _held_event(ctx: BillingContext, sub: Subscription, due: int) -> NewEvent:
+    assert sub.id is not None
+    cap = ctx.catchup_max_periods
+    return NewEvent(
+        "subscription",
+        sub.id,
+        "subscription.held",
+        {"subscription_id": sub.id, "customer_id": sub.customer_id},
+        reason=f"{due} periods due at once, more than the catch-up cap of {cap}",
+        data={"periods": due, "cap": cap, "first_period_index": sub.next_period_index},
+    )
 
 
 def void_open_invoices(

@@ -206,3 +206,44 @@ def plant_run(engine: Engine, attempts: int, *, at: datetime, chunk: int = 5000)
             .values(attempts=attempts, totals=totals, invoices_created=attempts)
         )
     return run_id
+
+
+def plant_due_subscriptions(
+    engine: Engine, count: int, *, plan_id: int, anchor: datetime, at: datetime, chunk: int = 5000
+) -> list[int]:
+    """`count` customers with one active subscription each on `plan_id`, anchored at `anchor`
+    (so every period started by then is due), written with bulk Core inserts (invoicing tests
+    and benchmarks: fast, no gateway, no card). Returns the subscription ids."""
+    import uuid
+
+    from sqlalchemy import insert
+
+    from billing.store.models import Customer, Subscription
+
+    stem = uuid.uuid4().hex[:8]
+    ids: list[int] = []
+    with engine.begin() as conn:
+        for begin in range(0, count, chunk):
+            refs = [f"due-{stem}-{i:07d}" for i in range(begin, min(begin + chunk, count))]
+            conn.execute(
+                insert(Customer),
+                [
+                    {"reference_id": r, "email": f"{r}@example.com", "address": {},
+                     "attributes": {}, "created_at": at, "updated_at": at}
+                    for r in refs
+                ],
+            )  # fmt: skip
+            customers = conn.execute(
+                select(col(Customer.id)).where(col(Customer.reference_id).in_(refs))
+            ).scalars()
+            subs = conn.execute(
+                insert(Subscription).returning(col(Subscription.id)),
+                [
+                    {"customer_id": c, "plan_id": plan_id, "status": "active",
+                     "anchor_at": anchor, "next_period_index": 0, "next_billing_at": anchor,
+                     "cancel_at_period_end": False, "created_at": at, "updated_at": at}
+                    for c in customers
+                ],
+            )  # fmt: skip
+            ids.extend(sub_id for sub_id in subs.scalars() if sub_id is not None)
+    return ids

@@ -10,14 +10,27 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, String, and_, case, column, null, or_, update, values
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    case,
+    cast,
+    column,
+    null,
+    or_,
+    update,
+    values,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
@@ -267,6 +280,7 @@ def create_due_invoices(
     after MAX_PERIODS_PER_STEP), until one changes nothing. The keyset cursor moves past a
     subscription that could not be invoiced, so no bad row blocks the ones after it."""
     total = Invoiced()
+    failed: set[int] = set()  # a sweep after the first meets the same ones again
     while True:
         progress = False
         after: tuple[datetime, int] | None = None
@@ -277,7 +291,8 @@ def create_due_invoices(
             after, done = batch
             total.created += done.created
             total.held += done.held
-            total.failed += done.failed
+            failed.update(done.failed)
+            total.failed = len(failed)
             progress = progress or done.moved > 0
         if not progress:
             return total
@@ -286,12 +301,12 @@ def create_due_invoices(
 @dataclass
 class Batch:
     """What one batch did: invoices created, subscriptions held, subscriptions moved (advanced
-    or held: the sweep made progress), subscriptions that could not be invoiced."""
+    or held: the sweep made progress), the ids of those that could not be invoiced."""
 
     created: int = 0
     held: int = 0
     moved: int = 0
-    failed: int = 0
+    failed: list[int] = field(default_factory=list)
 
 
 def _invoice_next_batch(
@@ -312,9 +327,7 @@ def _invoice_next_batch(
             cursor = (last.next_billing_at, last.id)
             ids = [sub.id for sub in subs if sub.id is not None]
             return cursor, invoice_batch(ctx, s, subs, now)
-    except (OperationalError, InterfaceError):
-        raise  # the database itself is failing: the pass stops, as it would for a charge
-    except Exception as exc:
+    except (IntegrityError, DataError) as exc:  # a row the database refuses, not a bug of ours
         if cursor is None:
             raise
         log_event(
@@ -363,7 +376,7 @@ def _one_by_one(ctx: BillingContext, ids: list[int], now: datetime) -> Batch:
         except (OperationalError, InterfaceError):
             raise
         except Exception as exc:
-            done.failed += 1
+            done.failed.append(sub_id)
             log_event(
                 log,
                 "invoicing.failed",
@@ -408,7 +421,8 @@ def invoice_batch(
         try:
             planned = _plan(ctx, sub, plans.get(sub.plan_id), now)
         except Exception as exc:
-            done.failed += 1
+            assert sub.id is not None
+            done.failed.append(sub.id)
             log_event(
                 log,
                 "invoicing.failed",
@@ -556,6 +570,7 @@ def _advance_all(
     if not advances:
         return []
     table = Subscription.__table__  # type: ignore[attr-defined]
+    at = _timestamps(s)
     v = (
         values(
             column("id", Integer),
@@ -594,10 +609,10 @@ def _advance_all(
             .where(*_guarded(v))
             .values(
                 next_period_index=v.c.next_index,
-                next_billing_at=v.c.next_at,
+                next_billing_at=at(v.c.next_at),
                 updated_at=now,
                 status=case((v.c.cancel, str(SubscriptionStatus.canceled)), else_=table.c.status),
-                canceled_at=case((v.c.cancel, v.c.canceled_at), else_=table.c.canceled_at),
+                canceled_at=case((v.c.cancel, at(v.c.canceled_at)), else_=table.c.canceled_at),
                 catchup_through_index=case(
                     (v.c.reset, null()), else_=table.c.catchup_through_index
                 ),
@@ -607,6 +622,14 @@ def _advance_all(
         .scalars()
     )
     return [a for a in advances if a.sub.id in won]
+
+
+def _timestamps(s: Session) -> Callable[[Any], Any]:
+    """How a VALUES column of timestamps is read: PostgreSQL types a column of NULLs as text,
+    so it is cast; SQLite must not cast (CAST AS DATETIME would make the text a number)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return lambda c: cast(c, DateTime(timezone=True))
+    return lambda c: c
 
 
 def _insert_invoices(s: Session, invoices: list[Invoice]) -> list[Invoice]:

@@ -7,6 +7,7 @@ Each subscription advances in its own short transaction guarded by a compare-and
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -14,22 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Integer,
-    String,
-    and_,
-    case,
-    cast,
-    column,
-    null,
-    or_,
-    update,
-    values,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Boolean, Integer, String, and_, bindparam, column, or_, text, update, values
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -168,31 +155,46 @@ def period_invoices(
 ) -> tuple[list[Invoice], datetime | None]:
     """The invoices for `indices` (nothing written), stopping at a cancel at period end: then
     also the moment the subscription ends. Shared by invoicing and the preview."""
+    rows, cancel_at = period_rows(ctx, sub, plan, indices, now, number)
+    return [Invoice(**row) for row in rows], cancel_at
+
+
+def period_rows(
+    ctx: BillingContext,
+    sub: Subscription,
+    plan: Plan,
+    indices: list[int],
+    now: datetime,
+    number: Callable[[], str],
+) -> tuple[list[dict[str, Any]], datetime | None]:
+    """period_invoices as column values: what a batch inserts (an ORM object per invoice
+    costs more than the rest of the batch's Python)."""
     assert sub.id is not None
     interval = Interval(plan.interval)
-    created: list[Invoice] = []
+    rows: list[dict[str, Any]] = []
+    ends = sub.current_period_end
     for index in indices:
         start, end = period_bounds(sub.anchor_at, interval, plan.interval_count, index, ctx.tz)
-        ends = sub.current_period_end
         if sub.cancel_at_period_end and ends is not None and start >= ends:
-            return created, start
-        created.append(
-            Invoice(
-                number=number(),
-                subscription_id=sub.id,
-                customer_id=sub.customer_id,
-                period_index=index,
-                period_start=start,
-                period_end=end,
-                amount_minor=plan.amount_minor,
-                currency=plan.currency,
-                status=InvoiceStatus.open,
-                next_attempt_at=start,
-                created_at=now,
-                updated_at=now,
-            )
+            return rows, start
+        rows.append(
+            {
+                "number": number(),
+                "subscription_id": sub.id,
+                "customer_id": sub.customer_id,
+                "period_index": index,
+                "period_start": start,
+                "period_end": end,
+                "amount_minor": plan.amount_minor,
+                "currency": plan.currency,
+                "status": InvoiceStatus.open,
+                "attempt_count": 0,
+                "next_attempt_at": start,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-    return created, None
+    return rows, None
 
 
 def invoice_periods(
@@ -397,7 +399,7 @@ class _Advance:
     period (what invoice_periods does for one, kept for the batch's statements)."""
 
     sub: Subscription
-    invoices: list[Invoice]
+    invoices: list[dict[str, Any]]  # period_rows
     next_index: int
     next_billing_at: datetime | None
     canceled_at: datetime | None
@@ -444,8 +446,8 @@ def invoice_batch(
     created = _insert_invoices(s, [invoice for a in moved for invoice in a.invoices])
     done.created = len(created)
     done.moved = done.held + len(moved)
-    for invoice in created:
-        events.append(_created_event(invoice))
+    for invoice_id, row in created:
+        events.append(_created_event(invoice_id, row))
     for a in moved:
         if a.canceled_at is not None:
             assert a.sub.id is not None
@@ -481,7 +483,7 @@ def _plan(
         return 0
     if over_cap(ctx, sub, indices):
         return len(indices)
-    created, cancel_at = period_invoices(
+    created, cancel_at = period_rows(
         ctx, sub, plan, indices[:MAX_PERIODS_PER_STEP], now, new_invoice_number
     )
     next_index = sub.next_period_index + len(created)
@@ -559,138 +561,181 @@ def _hold_all(
     return [(sub, due) for sub, due in holds if sub.id in won]
 
 
+# The advance of a batch, one statement: the planned moves travel as one JSON parameter (so
+# the statement is the same text for any batch: compiled once, no thousands of bind
+# parameters), and each row is applied only where the subscription is still as we read it.
+_SET_ADVANCED = """
+    next_period_index = v.next_index,
+    next_billing_at = v.next_at,
+    updated_at = :now,
+    status = CASE WHEN v.cancel THEN 'canceled' ELSE subscription.status END,
+    canceled_at = CASE WHEN v.cancel THEN v.canceled_at ELSE subscription.canceled_at END,
+    catchup_through_index =
+        CASE WHEN v.reset THEN NULL ELSE subscription.catchup_through_index END"""
+_AS_READ = """
+    subscription.id = v.id
+    AND subscription.next_period_index = v.first
+    AND subscription.plan_id = v.plan_id
+    AND subscription.cancel_at_period_end = v.cape
+    AND subscription.status IN :statuses
+    AND subscription.held_at IS NULL
+RETURNING subscription.id"""
+ADVANCE_SQL = {
+    "postgresql": f"""
+UPDATE subscription SET {_SET_ADVANCED}
+FROM json_to_recordset(CAST(:rows AS json)) AS v(
+    id integer, first integer, plan_id integer, cape boolean, next_index integer,
+    next_at timestamptz, canceled_at timestamptz, cancel boolean, reset boolean)
+WHERE {_AS_READ}""",
+    "sqlite": f"""
+WITH v AS MATERIALIZED (
+    SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.first') AS first,
+        json_extract(value, '$.plan_id') AS plan_id, json_extract(value, '$.cape') AS cape,
+        json_extract(value, '$.next_index') AS next_index,
+        json_extract(value, '$.next_at') AS next_at,
+        json_extract(value, '$.canceled_at') AS canceled_at,
+        json_extract(value, '$.cancel') AS cancel, json_extract(value, '$.reset') AS reset
+    FROM json_each(:rows))
+UPDATE subscription SET {_SET_ADVANCED}
+FROM v
+WHERE {_AS_READ}""",
+}
+
+
 def _advance_all(
     ctx: BillingContext, s: Session, advances: list[_Advance], now: datetime
 ) -> list[_Advance]:
     """Move each subscription past its invoiced periods with one compare-and-set UPDATE ...
-    FROM (VALUES ...) RETURNING id; returns the advances that won. Only a winner's invoices
-    are inserted: the node that moved next_period_index from `first` is the one that bills
-    those periods. Status and the release allowance change only where the plan says so (a
-    concurrent past_due is kept)."""
+    FROM (the rows) RETURNING id (ADVANCE_SQL); returns the advances that won. Only a
+    winner's invoices are inserted: the node that moved next_period_index from `first` is the
+    one that bills those periods. Status and the release allowance change only where the plan
+    says so (a concurrent past_due is kept)."""
     if not advances:
         return []
-    table = Subscription.__table__  # type: ignore[attr-defined]
-    at = _timestamps(s)
-    v = (
-        values(
-            column("id", Integer),
-            column("first", Integer),
-            column("plan_id", Integer),
-            column("cape", Boolean),
-            column("next_index", Integer),
-            column("next_at", UTCDateTime),
-            column("canceled_at", UTCDateTime),
-            column("cancel", Boolean),
-            column("reset", Boolean),
-            name="v",
-        )
-        .data(
-            [
-                (
-                    a.sub.id,
-                    a.sub.next_period_index,
-                    a.sub.plan_id,
-                    a.sub.cancel_at_period_end,
-                    a.next_index,
-                    a.next_billing_at,
-                    a.canceled_at,
-                    a.canceled_at is not None,
-                    a.reset_catchup,
-                )
-                for a in advances
-            ]
-        )
-        .cte("v")
+    dialect = s.get_bind().dialect
+    stamp = _stored(dialect)
+    rows = [
+        {
+            "id": a.sub.id,
+            "first": a.sub.next_period_index,
+            "plan_id": a.sub.plan_id,
+            "cape": int(a.sub.cancel_at_period_end),
+            "next_index": a.next_index,
+            "next_at": stamp(a.next_billing_at),
+            "canceled_at": stamp(a.canceled_at),
+            "cancel": int(a.canceled_at is not None),
+            "reset": int(a.reset_catchup),
+        }
+        for a in advances
+    ]
+    if dialect.name == "postgresql":
+        for row in rows:  # json_to_recordset reads JSON booleans into boolean columns
+            row.update(cape=bool(row["cape"]), cancel=bool(row["cancel"]), reset=bool(row["reset"]))
+    statement = text(ADVANCE_SQL[dialect.name]).bindparams(
+        bindparam("statuses", expanding=True), bindparam("now", type_=UTCDateTime)
     )
     won = set(
         s.connection()
         .execute(
-            update(table)
-            .where(*_guarded(v))
-            .values(
-                next_period_index=v.c.next_index,
-                next_billing_at=at(v.c.next_at),
-                updated_at=now,
-                status=case((v.c.cancel, str(SubscriptionStatus.canceled)), else_=table.c.status),
-                canceled_at=case((v.c.cancel, at(v.c.canceled_at)), else_=table.c.canceled_at),
-                catchup_through_index=case(
-                    (v.c.reset, null()), else_=table.c.catchup_through_index
-                ),
-            )
-            .returning(table.c.id)
+            statement,
+            {
+                "rows": json.dumps(rows),
+                "now": now,
+                "statuses": [str(x) for x in INVOICING_STATUSES],
+            },
         )
         .scalars()
     )
     return [a for a in advances if a.sub.id in won]
 
 
-def _timestamps(s: Session) -> Callable[[Any], Any]:
-    """How a VALUES column of timestamps is read: PostgreSQL types a column of NULLs as text,
-    so it is cast; SQLite must not cast (CAST AS DATETIME would make the text a number)."""
-    if s.get_bind().dialect.name == "postgresql":
-        return lambda c: cast(c, DateTime(timezone=True))
-    return lambda c: c
+def _stored(dialect: Dialect) -> Callable[[datetime | None], str | None]:
+    """A timestamp as its column stores it (UTCDateTime), as JSON text: SQLite compares the
+    stored text, so it must be the very same spelling; PostgreSQL parses ISO 8601."""
+    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+
+    def stamp(at: datetime | None) -> str | None:
+        value: Any = process(at) if process is not None else at
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    return stamp
 
 
-def _insert_invoices(s: Session, invoices: list[Invoice]) -> list[Invoice]:
-    """Insert the invoices, skipping any period that exists already (the UNIQUE period is the
-    last line of defence: such a period is billed once, by whoever inserted it first);
-    returns the invoices inserted, with their ids."""
-    if not invoices:
+_INVOICE_COLUMNS = (
+    "number, subscription_id, customer_id, period_index, period_start, period_end,"
+    " amount_minor, currency, status, next_attempt_at"
+)
+# The invoices of a batch, one statement, the rows as one JSON parameter (like ADVANCE_SQL).
+# ON CONFLICT on the UNIQUE period: a period that exists already is skipped, never doubled.
+INSERT_SQL = {
+    "postgresql": f"""
+INSERT INTO invoice ({_INVOICE_COLUMNS}, attempt_count, created_at, updated_at)
+SELECT {_INVOICE_COLUMNS}, 0, :now, :now
+FROM json_to_recordset(CAST(:rows AS json)) AS r(
+    number varchar, subscription_id integer, customer_id integer, period_index integer,
+    period_start timestamptz, period_end timestamptz, amount_minor integer, currency varchar,
+    status varchar, next_attempt_at timestamptz)
+ON CONFLICT (subscription_id, period_start) DO NOTHING
+RETURNING id, number""",
+    "sqlite": f"""
+INSERT INTO invoice ({_INVOICE_COLUMNS}, attempt_count, created_at, updated_at)
+SELECT json_extract(value, '$.number'), json_extract(value, '$.subscription_id'),
+    json_extract(value, '$.customer_id'), json_extract(value, '$.period_index'),
+    json_extract(value, '$.period_start'), json_extract(value, '$.period_end'),
+    json_extract(value, '$.amount_minor'), json_extract(value, '$.currency'),
+    json_extract(value, '$.status'), json_extract(value, '$.next_attempt_at'), 0, :now, :now
+FROM json_each(:rows)
+WHERE true
+ON CONFLICT (subscription_id, period_start) DO NOTHING
+RETURNING id, number""",
+}
+_STAMPED = ("period_start", "period_end", "next_attempt_at")
+
+
+def _insert_invoices(s: Session, rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Insert the invoice rows (INSERT_SQL), skipping any period that exists already (the
+    UNIQUE period is the last line of defence: such a period is billed once, by whoever
+    inserted it first); returns (id, row) of those inserted, in subscription and period
+    order. Every row of one batch has the same created_at (the pass's now)."""
+    if not rows:
         return []
-    table = Invoice.__table__  # type: ignore[attr-defined]
-    insert_ = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    rows = [
+    dialect = s.get_bind().dialect
+    stamp = _stored(dialect)
+    payload = [
         {
-            "number": i.number,
-            "subscription_id": i.subscription_id,
-            "customer_id": i.customer_id,
-            "period_index": i.period_index,
-            "period_start": i.period_start,
-            "period_end": i.period_end,
-            "amount_minor": i.amount_minor,
-            "currency": i.currency,
-            "status": str(i.status),
-            "attempt_count": 0,
-            "next_attempt_at": i.next_attempt_at,
-            "created_at": i.created_at,
-            "updated_at": i.updated_at,
+            **{k: v for k, v in row.items() if k not in ("created_at", "updated_at")},
+            **{k: stamp(row[k]) for k in _STAMPED},
+            "status": str(row["status"]),
         }
-        for i in invoices
+        for row in rows
     ]
-    stmt = (
-        insert_(table)
-        .on_conflict_do_nothing(index_elements=["subscription_id", "period_start"])
-        .returning(table.c.id, table.c.number)
+    statement = text(INSERT_SQL[dialect.name]).bindparams(bindparam("now", type_=UTCDateTime))
+    by_number = {row["number"]: row for row in rows}
+    result = s.connection().execute(
+        statement, {"rows": json.dumps(payload), "now": rows[0]["created_at"]}
     )
-    by_number = {i.number: i for i in invoices}
-    created: list[Invoice] = []
-    for invoice_id, number in s.connection().execute(stmt, rows).all():
-        invoice = by_number[number]
-        invoice.id = invoice_id
-        created.append(invoice)
-    created.sort(key=lambda i: (i.subscription_id, i.period_index))
+    created = [(invoice_id, by_number[number]) for invoice_id, number in result.all()]
+    created.sort(key=lambda c: (c[1]["subscription_id"], c[1]["period_index"]))
     return created
 
 
-def _created_event(invoice: Invoice) -> NewEvent:
-    assert invoice.id is not None
+def _created_event(invoice_id: int, row: dict[str, Any]) -> NewEvent:
     return NewEvent(
         "invoice",
-        invoice.id,
+        invoice_id,
         "invoice.created",
         {
-            "invoice_id": invoice.id,
-            "invoice_number": invoice.number,
-            "subscription_id": invoice.subscription_id,
-            "customer_id": invoice.customer_id,
+            "invoice_id": invoice_id,
+            "invoice_number": row["number"],
+            "subscription_id": row["subscription_id"],
+            "customer_id": row["customer_id"],
         },
         reason="period started",
         data={
-            "number": invoice.number,
-            "period_start": invoice.period_start.isoformat(),
-            "amount_minor": invoice.amount_minor,
-            "currency": invoice.currency,
+            "number": row["number"],
+            "period_start": row["period_start"].isoformat(),
+            "amount_minor": row["amount_minor"],
+            "currency": row["currency"],
         },
     )
 

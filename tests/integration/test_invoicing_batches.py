@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, update
+from sqlalchemy import func, text, update
 from sqlmodel import col, select
 
 from billing.engine import invoicing
@@ -224,3 +224,33 @@ def test_batched_events_match_the_per_subscription_path(env: Env) -> None:
     assert dict(outbox) == {one: 1, batched: 1}
     assert {subs[one].status, subs[batched].status} == {"canceled"}
     assert subs[one].canceled_at == subs[batched].canceled_at
+    # Same anchor, so the very same stored text (SQLite compares timestamps as text).
+    with session(env.ctx.engine) as s:
+        stored = s.exec(
+            text(
+                "SELECT CAST(i.period_start AS TEXT), CAST(i.period_end AS TEXT),"
+                " CAST(i.next_attempt_at AS TEXT), CAST(i.created_at AS TEXT),"
+                " CAST(u.canceled_at AS TEXT), CAST(u.updated_at AS TEXT), i.status"
+                " FROM invoice i JOIN subscription u ON u.id = i.subscription_id"
+                " ORDER BY u.id"
+            )
+        ).all()
+    assert len(stored) == 2 and tuple(stored[0]) == tuple(stored[1]), stored
+
+
+def test_an_advance_stores_the_same_timestamps_as_the_per_subscription_path(env: Env) -> None:
+    """next_billing_at written through the batch's JSON rows is the very text the ORM writes
+    (SQLite's due query compares it as text), so the next period comes due on time."""
+    one, _batched = plant(env, 2)
+    assert invoicing.invoice_due_periods(env.ctx, one, START).created == DAYS_DUE
+    assert create_due_invoices(env.ctx, START).created == DAYS_DUE
+    with session(env.ctx.engine) as s:
+        stored = s.exec(
+            text(
+                "SELECT CAST(next_billing_at AS TEXT), CAST(updated_at AS TEXT),"
+                " next_period_index FROM subscription ORDER BY id"
+            )
+        ).all()
+    assert len(stored) == 2 and tuple(stored[0]) == tuple(stored[1]), stored
+    assert create_due_invoices(env.ctx, START + timedelta(hours=22, minutes=59)).created == 0
+    assert create_due_invoices(env.ctx, START + timedelta(hours=23)).created == 2

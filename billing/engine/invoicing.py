@@ -1,8 +1,11 @@
 """Turn due subscription periods into invoices, one per (subscription, period_start).
 
-Each subscription advances in its own short transaction guarded by a compare-and-set on
-`next_period_index`, so two daemons never both invoice a period; the UNIQUE constraint on
-(subscription_id, period_start) is the last line of defence.
+A pass invoices in batches (create_due_invoices -> invoice_batch): many subscriptions per
+transaction, each advanced by a compare-and-set on the `next_period_index` (and plan, cancel
+flag, status) it was read with, so two daemons never both invoice a period; only the winners'
+invoices are inserted, and the UNIQUE constraint on (subscription_id, period_start) is the
+last line of defence. `pause` and `change_plan` use the one-subscription path
+(invoice_periods), which is also the fallback of a batch the database refuses.
 """
 
 from __future__ import annotations

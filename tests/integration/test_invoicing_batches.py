@@ -254,3 +254,32 @@ def test_an_advance_stores_the_same_timestamps_as_the_per_subscription_path(env:
     assert len(stored) == 2 and tuple(stored[0]) == tuple(stored[1]), stored
     assert create_due_invoices(env.ctx, START + timedelta(hours=22, minutes=59)).created == 0
     assert create_due_invoices(env.ctx, START + timedelta(hours=23)).created == 2
+
+
+def test_on_sqlite_the_advance_finds_each_subscription_by_primary_key(sqlite_url: str) -> None:
+    """The batch's rows are read once (MATERIALIZED) and each subscription found by its key:
+    left to itself SQLite scanned the due index and re-read the JSON for every row (a 3,000
+    subscription pass took 45 s instead of 0.1 s)."""
+    from billing.store.migrate import upgrade
+
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        raw = engine.raw_connection()
+        try:
+            statement = (
+                invoicing.ADVANCE_SQL["sqlite"]
+                .replace(":rows", "?")
+                .replace(":now", "?")
+                .replace(":statuses", "(?, ?)")
+            )
+            plan = raw.cursor().execute(
+                "EXPLAIN QUERY PLAN " + statement, ("[]", "now", "active", "past_due")
+            )
+            details = [row[3] for row in plan.fetchall()]
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    assert "MATERIALIZE v" in details, details
+    assert any("subscription USING INTEGER PRIMARY KEY" in d for d in details), details

@@ -413,11 +413,11 @@ def invoice_batch(
     ctx: BillingContext, s: Session, subs: list[Subscription], now: datetime
 ) -> Batch:
     """Invoice the started periods of `subs` (read in this transaction) with a few set-based
-    statements: one compare-and-set UPDATE ... FROM (VALUES ...) RETURNING for the holds, one
-    for the advances, one INSERT ... ON CONFLICT (subscription_id, period_start) DO NOTHING
-    RETURNING for the invoices of the subscriptions whose compare-and-set won, one INSERT for
-    the events. A subscription that cannot be planned (its plan is gone or broken) is logged
-    and skipped; the others go on."""
+    statements: a compare-and-set UPDATE ... FROM (the rows) RETURNING id for the holds (rare)
+    and one for the advances (ADVANCE_SQL), one INSERT ... ON CONFLICT (subscription_id,
+    period_start) DO NOTHING RETURNING for the invoices of the subscriptions whose
+    compare-and-set won (INSERT_SQL), one INSERT for the events. A subscription that cannot be
+    planned (its plan is gone or broken) is logged and skipped; the others go on."""
     done = Batch()
     plans = _plans_of(s, subs)
     advances: list[_Advance] = []

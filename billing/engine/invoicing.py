@@ -505,14 +505,17 @@ def _plan(
 
 
 def _guarded(values: Any) -> list[Any]:
-    """The compare-and-set of every batch statement: the subscription is as we read it."""
+    """The compare-and-set of every batch statement (as _AS_READ): the subscription is as
+    we read it, its status included (the read only takes INVOICING_STATUSES). Only
+    comparisons with the rows, so PostgreSQL cannot start from ix_subscription_due on stale
+    statistics and re-read the rows for every due subscription: it finds each by its key."""
     sub = Subscription.__table__.c  # type: ignore[attr-defined]
     return [
         sub.id == values.c.id,
         sub.next_period_index == values.c.first,
         sub.plan_id == values.c.plan_id,
         sub.cancel_at_period_end == values.c.cape,
-        sub.status.in_([str(x) for x in INVOICING_STATUSES]),
+        sub.status == values.c.status,
         sub.held_at.is_(None),
     ]
 
@@ -532,6 +535,7 @@ def _hold_all(
             column("first", Integer),
             column("plan_id", Integer),
             column("cape", Boolean),
+            column("status", String),
             column("due", Integer),
             column("reason", String),
             name="v",
@@ -543,6 +547,7 @@ def _hold_all(
                     sub.next_period_index,
                     sub.plan_id,
                     sub.cancel_at_period_end,
+                    str(sub.status),
                     due,
                     f"{due} periods due at once, more than the catch-up cap of {cap}",
                 )
@@ -567,6 +572,7 @@ def _hold_all(
 # The advance of a batch, one statement: the planned moves travel as one JSON parameter (so
 # the statement is the same text for any batch: compiled once, no thousands of bind
 # parameters), and each row is applied only where the subscription is still as we read it.
+# The guard compares with the rows only (see _guarded): each subscription found by its key.
 _SET_ADVANCED = """
     next_period_index = v.next_index,
     next_billing_at = v.next_at,
@@ -580,20 +586,22 @@ _AS_READ = """
     AND subscription.next_period_index = v.first
     AND subscription.plan_id = v.plan_id
     AND subscription.cancel_at_period_end = v.cape
-    AND subscription.status IN :statuses
+    AND subscription.status = v.status
     AND subscription.held_at IS NULL
 RETURNING subscription.id"""
 ADVANCE_SQL = {
     "postgresql": f"""
 UPDATE subscription SET {_SET_ADVANCED}
 FROM json_to_recordset(CAST(:rows AS json)) AS v(
-    id integer, first integer, plan_id integer, cape boolean, next_index integer,
-    next_at timestamptz, canceled_at timestamptz, cancel boolean, reset boolean)
+    id integer, first integer, plan_id integer, cape boolean, status varchar,
+    next_index integer, next_at timestamptz, canceled_at timestamptz, cancel boolean,
+    reset boolean)
 WHERE {_AS_READ}""",
     "sqlite": f"""
 WITH v AS MATERIALIZED (
     SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.first') AS first,
         json_extract(value, '$.plan_id') AS plan_id, json_extract(value, '$.cape') AS cape,
+        json_extract(value, '$.status') AS status,
         json_extract(value, '$.next_index') AS next_index,
         json_extract(value, '$.next_at') AS next_at,
         json_extract(value, '$.canceled_at') AS canceled_at,
@@ -623,6 +631,7 @@ def _advance_all(
             "first": a.sub.next_period_index,
             "plan_id": a.sub.plan_id,
             "cape": int(a.sub.cancel_at_period_end),
+            "status": str(a.sub.status),
             "next_index": a.next_index,
             "next_at": stamp(a.next_billing_at),
             "canceled_at": stamp(a.canceled_at),
@@ -634,18 +643,12 @@ def _advance_all(
     if dialect.name == "postgresql":
         for row in rows:  # json_to_recordset reads JSON booleans into boolean columns
             row.update(cape=bool(row["cape"]), cancel=bool(row["cancel"]), reset=bool(row["reset"]))
-    statement = text(ADVANCE_SQL[dialect.name]).bindparams(
-        bindparam("statuses", expanding=True), bindparam("now", type_=UTCDateTime)
-    )
+    statement = text(ADVANCE_SQL[dialect.name]).bindparams(bindparam("now", type_=UTCDateTime))
     won = set(
         s.connection()
         .execute(
             statement,
-            {
-                "rows": json.dumps(rows),
-                "now": now,
-                "statuses": [str(x) for x in INVOICING_STATUSES],
-            },
+            {"rows": json.dumps(rows), "now": now},
         )
         .scalars()
     )

@@ -18,6 +18,7 @@ from billing.domain.bounds import Breach, SafetyBounds, amount_breach, count_bre
 from billing.domain.lifecycle import AttemptState, InvoiceStatus, check_transition
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.store.claims import row_guard
 from billing.store.models import ChargeAttempt, Customer, Invoice
 
 # Attempts that took, or may still take, the customer's money.
@@ -69,8 +70,9 @@ def bound_breach(
 ) -> Breach | None:
     """The bound one more attempt of `invoice` would break, if any (None once released).
 
-    `lock`: take the customer's row lock before counting (the write-ahead); the read-only
-    preview passes False, and `planned`: the customer's charges it lists before this one."""
+    `lock`: take the customer's row lock before counting; False when the caller holds it
+    already (the write-ahead: choose_card(lock=True) locked it in this transaction) or reads
+    only (the preview, which passes `planned`: the customer's charges it lists before this)."""
     if released_for(invoice):
         return None
     bounds: SafetyBounds = ctx.bounds
@@ -101,9 +103,13 @@ def park_invoice(
     parked = s.exec(
         update(Invoice)
         .where(col(Invoice.id) == invoice.id)
-        .where(col(Invoice.status) == InvoiceStatus.open)
-        .where(col(Invoice.lease_owner) == ctx.node)
-        .where(col(Invoice.lease_until) > now)
+        .where(
+            row_guard(
+                col(Invoice.status) == InvoiceStatus.open,
+                col(Invoice.lease_owner) == ctx.node,
+                col(Invoice.lease_until) > now,
+            )
+        )
         .values(
             status=InvoiceStatus.parked,
             parked_reason=str(breach.reason),

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from billing.domain.declines import DeclineClass
 from billing.domain.lifecycle import AttemptState
 from billing.domain.retry import WINDOW_24H, WINDOW_30D, CapRefusal, CardHistory, check_caps
-from billing.store.models import ChargeAttempt, Invoice, PaymentInstrument, Subscription
+from billing.store.models import ChargeAttempt, Customer, Invoice, PaymentInstrument, Subscription
 
 # Attempts that are, or may still become, a decline of the card.
 _COUNTED = (
@@ -95,7 +95,7 @@ def renewal_card(s: Session, sub: Subscription) -> PaymentInstrument | None:
 
 
 def choose_card(
-    s: Session, sub: Subscription, invoice: Invoice, *, fallback: bool
+    s: Session, sub: Subscription, invoice: Invoice, *, fallback: bool, lock: bool = False
 ) -> PaymentInstrument | None:
     """The card the next attempt of `invoice` uses; None when none may be charged.
 
@@ -103,24 +103,54 @@ def choose_card(
     has not been declined on yet (a card the customer added through the update link, or the
     next one after a hard decline); otherwise the first eligible card. With fallback off only
     the first active card is ever tried.
+
+    One query: the candidates (candidate_cards' order) with, per card, whether it had a hard
+    decline and whether this invoice was declined on it. `lock` (the write-ahead): the same
+    statement locks the customer's active cards and the customer's row (PostgreSQL FOR UPDATE;
+    SQLite holds the database lock), so one card is charged at a time and the caps and the
+    daily count read after it (cap_refusal, bound_breach with `locked`) see every attempt
+    committed before; a statement's own reads could not (its snapshot predates the wait).
     """
-    cards = candidate_cards(s, sub)
-    blocked = hard_declined_cards(s, sub.customer_id)
+    a = ChargeAttempt
+    declined = col(a.state) == AttemptState.declined
+    hard = (
+        sa_select(col(a.id))
+        .where(col(a.instrument_id) == col(PaymentInstrument.id), declined)
+        .where(col(a.decline_class) == DeclineClass.hard)
+        .exists()
+    )
+    tried = (
+        sa_select(col(a.id))
+        .where(col(a.instrument_id) == col(PaymentInstrument.id), declined)
+        .where(col(a.invoice_id) == invoice.id)
+        .exists()
+    )
+    query = (
+        select(PaymentInstrument, hard, tried)
+        .where(PaymentInstrument.customer_id == sub.customer_id)
+        .where(PaymentInstrument.status == "active")
+        .order_by(col(PaymentInstrument.id))  # locks taken in one order, whatever else changes
+    )
+    if lock:
+        query = (
+            query.join(Customer, col(Customer.id) == col(PaymentInstrument.customer_id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    rows = sorted(
+        s.exec(query).all(),
+        key=lambda r: (r[0].is_default, r[0].created_at, r[0].id or 0),
+        reverse=True,
+    )  # candidate_cards' order: the default, then the newest first
+    own = [r for r in rows if r[0].id == sub.instrument_id]
+    rows = own + [r for r in rows if r[0].id != sub.instrument_id]
     if not fallback:
-        first = cards[0] if cards else None
-        return first if first is not None and first.id not in blocked else None
-    eligible = [c for c in cards if c.id not in blocked]
+        return rows[0][0] if rows and not rows[0][1] else None
+    eligible = [(card, was_tried) for card, blocked, was_tried in rows if not blocked]
     if not eligible:
         return None
-    tried = set(
-        s.exec(
-            select(ChargeAttempt.instrument_id)
-            .where(ChargeAttempt.invoice_id == invoice.id)
-            .where(ChargeAttempt.state == AttemptState.declined)
-        ).all()
-    )
-    fresh = [c for c in eligible if c.id not in tried]
-    return (fresh or eligible)[0]
+    fresh = [card for card, was_tried in eligible if not was_tried]
+    return (fresh or [card for card, _ in eligible])[0]
 
 
 def other_card_left(s: Session, sub: Subscription, declined_card: int | None) -> bool:
@@ -130,13 +160,15 @@ def other_card_left(s: Session, sub: Subscription, declined_card: int | None) ->
 
 
 def cap_refusal(
-    s: Session, invoice: Invoice, instrument_id: int, now: datetime
+    s: Session, invoice: Invoice, instrument_id: int, now: datetime, *, locked: bool = False
 ) -> CapRefusal | None:
     """The card-network cap one more attempt of `invoice` on this card would break, if any.
 
     The card's row is locked first (PostgreSQL; SQLite holds the database lock), so two
-    writers cannot both see room for one more attempt."""
-    s.get(PaymentInstrument, instrument_id, with_for_update=True)
+    writers cannot both see room for one more attempt; `locked`: the caller's choose_card
+    (lock=True) took that lock already, in this transaction."""
+    if not locked:
+        s.get(PaymentInstrument, instrument_id, with_for_update=True)
     return check_caps(card_history(s, instrument_id, now), now, invoice.retry_not_before)
 
 

@@ -162,7 +162,7 @@ def measure(url: str, n: int) -> dict[str, Any]:
         out["statements"] = counter.statements / COUNTED
         out["transactions"] = counter.transactions / COUNTED
         out["kinds"] = {k: v / COUNTED for k, v in sorted(counter.kinds.items())}
-        out["trace"] = counter.trace[-int(round(out["transactions"])) :]
+        out["trace"] = counter.trace[-round(out["transactions"]) :]
         rest = claimed[COUNTED:]
         started_cpu, started_wall = time.process_time(), time.perf_counter()
         for invoice_id in rest:

@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, insert, literal, or_, update
+from sqlalchemy import Table, bindparam, case, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from billing.domain.declines import DeclineClass, classify_decline_codes
@@ -61,6 +61,110 @@ UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
 # First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
 FIRST_CHECK_DELAY = timedelta(seconds=5)
 MAX_CHECK_DELAY_SECONDS = 3600.0
+
+# The hot path's writes, built once (building a statement per charge costs more CPU than
+# running it) and run on the session's connection, without the ORM. Each names its row by
+# key and keeps its compare-and-set guard in row_guard (store/claims.py): the plan is the
+# key's whatever the statistics say (tests/integration/test_pk_plans.py).
+_INVOICE = cast(Table, Invoice.__table__)  # type: ignore[attr-defined]
+_ATTEMPT = cast(Table, ChargeAttempt.__table__)  # type: ignore[attr-defined]
+_SUBSCRIPTION = cast(Table, Subscription.__table__)  # type: ignore[attr-defined]
+_NOW = bindparam("now", type_=UTCDateTime())
+_UNRESOLVED = _ATTEMPT.c.state.in_([str(x) for x in UNRESOLVED])
+
+# Write-ahead: open -> charging, only while our lease lives (an expired one may be
+# someone else's now).
+_TAKE = (
+    update(_INVOICE)
+    .where(_INVOICE.c.id == bindparam("invoice_id"))
+    .where(
+        row_guard(
+            _INVOICE.c.status == InvoiceStatus.open,
+            _INVOICE.c.lease_owner == bindparam("owner"),
+            _INVOICE.c.lease_until > _NOW,
+        )
+    )
+    .values(status=InvoiceStatus.charging, attempt_count=bindparam("attempt_n"), updated_at=_NOW)
+)
+_INSERT_ATTEMPT = insert(_ATTEMPT)
+
+# Record an approval (_record_approved), in the engine's lock order: the invoice (still
+# charging, lease ours or free, its attempt unresolved), the attempt, the subscription.
+_OF_ATTEMPT = (
+    select(_ATTEMPT.c.invoice_id)
+    .where(_ATTEMPT.c.reference_id == bindparam("ref"))
+    .scalar_subquery()
+)
+_PAY = (
+    update(_INVOICE)
+    .where(_INVOICE.c.id == _OF_ATTEMPT)
+    .where(
+        row_guard(
+            _INVOICE.c.status == InvoiceStatus.charging,
+            or_(_INVOICE.c.lease_owner == bindparam("owner"), _INVOICE.c.lease_owner.is_(None)),
+        )
+    )
+    .where(
+        select(_ATTEMPT.c.id)
+        .where(_ATTEMPT.c.reference_id == bindparam("ref"), row_guard(_UNRESOLVED))
+        .exists()
+    )
+    .values(
+        status=InvoiceStatus.paid,
+        paid_at=_NOW,
+        next_attempt_at=None,
+        lease_owner=None,
+        lease_until=None,
+        attention=None,
+        attention_at=None,
+        updated_at=_NOW,
+    )
+    .returning(
+        _INVOICE.c.id,
+        _INVOICE.c.number,
+        _INVOICE.c.subscription_id,
+        _INVOICE.c.customer_id,
+        _INVOICE.c.period_start,
+        _INVOICE.c.period_end,
+        _INVOICE.c.retry_schedule,
+    )
+)
+_SETTLE = (
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.reference_id == bindparam("ref"), row_guard(_UNRESOLVED))
+    .values(
+        state=AttemptState.approved,
+        resolved_at=_NOW,
+        next_check_at=None,
+        message=bindparam("text"),
+        plexo_payment_id=func.coalesce(bindparam("payment_id"), _ATTEMPT.c.plexo_payment_id),
+    )
+    .returning(
+        _ATTEMPT.c.attempt_number,
+        _ATTEMPT.c.instrument_id,
+        _ATTEMPT.c.amount_minor,
+        _ATTEMPT.c.currency,
+        _ATTEMPT.c.plexo_payment_id,
+    )
+)
+_PERIOD_END = bindparam("period_end", type_=UTCDateTime())
+_LATER = or_(
+    _SUBSCRIPTION.c.current_period_end.is_(None), _SUBSCRIPTION.c.current_period_end < _PERIOD_END
+)
+# The paid period advances, never back.
+_ADVANCE = (
+    update(_SUBSCRIPTION)
+    .where(_SUBSCRIPTION.c.id == bindparam("subscription_id"))
+    .values(
+        current_period_start=case(
+            (_LATER, bindparam("period_start", type_=UTCDateTime())),
+            else_=_SUBSCRIPTION.c.current_period_start,
+        ),
+        current_period_end=case((_LATER, _PERIOD_END), else_=_SUBSCRIPTION.c.current_period_end),
+        updated_at=_NOW,
+    )
+    .returning(_SUBSCRIPTION.c.status)
+)
 
 
 @dataclass(frozen=True)
@@ -209,37 +313,28 @@ def _write_ahead_in(
             )
             return AttemptResult(invoice_id, "skipped", 0, "", detail=why)
     ref = reference_id(invoice.number, number)
-    taken = s.exec(
-        update(Invoice)
-        .where(col(Invoice.id) == invoice_id)
-        .where(
-            row_guard(
-                col(Invoice.status) == InvoiceStatus.open,
-                col(Invoice.lease_owner) == ctx.node,
-                col(Invoice.lease_until) > now,  # an expired lease may be someone else's now
-            )
-        )
-        .values(status=InvoiceStatus.charging, attempt_count=number, updated_at=now)
-    )
-    if taken.rowcount != 1:
+    conn = s.connection()
+    params = {"invoice_id": invoice_id, "owner": ctx.node, "now": now, "attempt_n": number}
+    if conn.execute(_TAKE, params).rowcount != 1:
         s.rollback()
         return AttemptResult(invoice_id, "skipped", 0, "")
-    s.exec(
-        insert(ChargeAttempt).values(
-            invoice_id=invoice_id,
-            attempt_number=number,
-            reference_id=ref,
-            state=AttemptState.sending,
-            amount_minor=invoice.amount_minor,
-            currency=invoice.currency,
-            instrument_id=instrument.id,
-            node=ctx.node,
-            run_id=run_id,
-            send_count=1,
-            check_count=0,
-            created_at=now,
-            last_sent_at=now,
-        )
+    conn.execute(
+        _INSERT_ATTEMPT,
+        {
+            "invoice_id": invoice_id,
+            "attempt_number": number,
+            "reference_id": ref,
+            "state": AttemptState.sending,
+            "amount_minor": invoice.amount_minor,
+            "currency": invoice.currency,
+            "instrument_id": instrument.id,
+            "node": ctx.node,
+            "run_id": run_id,
+            "send_count": 1,
+            "check_count": 0,
+            "created_at": now,
+            "last_sent_at": now,
+        },
     )
     record_event(
         s,
@@ -418,83 +513,27 @@ def _record_approved(
     RETURNING; UPDATE subscription (the paid period advances, never back) RETURNING its
     status; then the events. A guard that fails writes nothing. The same outcome as _approve
     (which `invoices resolve --paid` uses on rows it has locked): keep the two together."""
-    a, inv_t, sub_t = ChargeAttempt, Invoice, Subscription
-    unresolved = col(a.state).in_([str(x) for x in UNRESOLVED])
-    of_attempt = select(a.invoice_id).where(col(a.reference_id) == ref).scalar_subquery()
-    attempt_open = select(a.id).where(col(a.reference_id) == ref, row_guard(unresolved)).exists()
     with session(ctx.engine) as s:
-        inv = s.exec(
-            update(inv_t)
-            .where(col(inv_t.id) == of_attempt)
-            .where(
-                row_guard(
-                    col(inv_t.status) == InvoiceStatus.charging,
-                    or_(col(inv_t.lease_owner) == lease_owner, col(inv_t.lease_owner).is_(None)),
-                )
-            )
-            .where(attempt_open)
-            .values(
-                status=InvoiceStatus.paid,
-                paid_at=now,
-                next_attempt_at=None,
-                lease_owner=None,
-                lease_until=None,
-                attention=None,
-                attention_at=None,
-                updated_at=now,
-            )
-            .returning(
-                col(inv_t.id),
-                col(inv_t.number),
-                col(inv_t.subscription_id),
-                col(inv_t.customer_id),
-                col(inv_t.period_start),
-                col(inv_t.period_end),
-                col(inv_t.retry_schedule),
-            )
-        ).first()
+        conn = s.connection()
+        params = {"ref": ref, "owner": lease_owner, "now": now}
+        inv = conn.execute(_PAY, params).first()
         if inv is None:
             s.rollback()
             return _not_recorded(ctx, ref)
-        values: dict[str, Any] = {
-            "state": AttemptState.approved,
-            "resolved_at": now,
-            "next_check_at": None,
-            # masked and escaped: it is Plexo's text
-            "message": gateway_text(outcome.decline_message or outcome.detail, 500),
-        }
-        if outcome.payment_id:
-            values["plexo_payment_id"] = outcome.payment_id
-        att = s.exec(
-            update(a)
-            .where(col(a.reference_id) == ref, row_guard(unresolved))
-            .values(**values)
-            .returning(
-                col(a.attempt_number),
-                col(a.instrument_id),
-                col(a.amount_minor),
-                col(a.currency),
-                col(a.plexo_payment_id),
-            )
-        ).first()
+        # masked and escaped: it is Plexo's text
+        message = gateway_text(outcome.decline_message or outcome.detail, 500)
+        params.update(text=message, payment_id=outcome.payment_id or None)
+        att = conn.execute(_SETTLE, params).first()
         if att is None:  # resolved meanwhile by a writer that skipped the invoice lock
             s.rollback()
             return _not_recorded(ctx, ref)
-        end = col(sub_t.current_period_end)
-        later = or_(end.is_(None), end < inv.period_end)
-        status = s.exec(
-            update(sub_t)
-            .where(col(sub_t.id) == inv.subscription_id)
-            .values(
-                current_period_start=case(
-                    (later, literal(inv.period_start, UTCDateTime())),
-                    else_=col(sub_t.current_period_start),
-                ),
-                current_period_end=case((later, literal(inv.period_end, UTCDateTime())), else_=end),
-                updated_at=now,
-            )
-            .returning(col(sub_t.status))
-        ).one()[0]
+        advance = {
+            "subscription_id": inv.subscription_id,
+            "period_start": inv.period_start,
+            "period_end": inv.period_end,
+            "now": now,
+        }
+        status = conn.execute(_ADVANCE, advance).scalar_one()
         ids: dict[str, Any] = {
             "invoice_id": inv.id,
             "invoice_number": inv.number,

@@ -69,7 +69,7 @@ def stale(pg_url: str) -> Iterator[tuple[BillingContext, TestClock]]:
         assert customer.plexo_id is not None and customer.id is not None
         simulator.add_instrument(customer.plexo_id, APPROVING_CARD)
         customers.sync_instruments(ctx, "cus-1")
-        sub = subscriptions.create_subscription(
+        subscriptions.create_subscription(
             ctx, customer_ref="cus-1", plan_code="monthly", start=START
         )
         assert run_billing_pass(ctx).count("approved") == 1  # nothing open any more
@@ -115,7 +115,7 @@ def _plant_open(engine: Engine, subscription_id: Any, customer_id: int) -> None:
             "next_attempt_at": far,
             "created_at": START,
             "updated_at": START,
-        }  # fmt: skip
+        }
         for i in range(OPEN)
     ]
     with engine.begin() as conn:
@@ -132,7 +132,7 @@ def _plant_open(engine: Engine, subscription_id: Any, customer_id: int) -> None:
                 "send_count": 1,
                 "check_count": 0,
                 "created_at": START - timedelta(days=90),
-            }  # fmt: skip
+            }
             for n, invoice_id in enumerate(ids)
         ]
         conn.execute(insert(ChargeAttempt), attempts)

@@ -72,6 +72,13 @@ _SUBSCRIPTION = cast(Table, Subscription.__table__)  # type: ignore[attr-defined
 _NOW = bindparam("now", type_=UTCDateTime())
 _UNRESOLVED = _ATTEMPT.c.state.in_([str(x) for x in UNRESOLVED])
 
+# Write-ahead, first statement: the invoice with its subscription and customer's ids.
+_READ = (
+    select(Invoice, Subscription, Customer.plexo_id, Customer.reference_id)
+    .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
+    .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+    .where(col(Invoice.id) == bindparam("invoice_id"))
+)
 # Write-ahead: open -> charging, only while our lease lives (an expired one may be
 # someone else's now).
 _TAKE = (
@@ -243,12 +250,7 @@ def _write_ahead(
     leaves the cards we have."""
     now = ctx.clock.now()
     with session(ctx.engine) as s:
-        row = s.exec(
-            select(Invoice, Subscription, Customer.plexo_id, Customer.reference_id)
-            .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
-            .join(Customer, col(Customer.id) == col(Invoice.customer_id))
-            .where(col(Invoice.id) == invoice_id)
-        ).first()
+        row = s.execute(_READ, {"invoice_id": invoice_id}).first()
         if row is None:
             return AttemptResult(invoice_id, "skipped", 0, "")
         invoice, sub, plexo_id, customer_ref = row

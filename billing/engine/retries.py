@@ -153,7 +153,7 @@ def choose_card(
     decline and whether this invoice was declined on it. `lock` (the write-ahead): the same
     statement locks the customer's active cards and the customer's row (PostgreSQL FOR UPDATE;
     SQLite holds the database lock), so one card is charged at a time and the caps and the
-    daily count read after it (cap_refusal, bound_breach with `locked`) see every attempt
+    daily count read after it (cap_refusal(locked=True), bound_breach(lock=False)) see every attempt
     committed before; a statement's own reads could not (its snapshot predates the wait).
     """
     query = _CARDS_LOCKED if lock else _CARDS

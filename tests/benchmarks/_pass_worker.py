@@ -49,11 +49,17 @@ def main() -> None:
         node=args.node, actor="bench", concurrency=args.concurrency,
     )  # fmt: skip
     out: dict[str, object] = {"node": args.node}
+    counts = count_statements(engine) if args.count else None
     if args.pre_invoice:
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         out["pre_invoiced"] = create_due_invoices(ctx, ctx.clock.now()).created
         out["pre_invoice_s"] = time.perf_counter() - started
-    counts = count_statements(engine) if args.count else None
+        out["pre_invoice_cpu"] = time.process_time() - cpu0
+        if counts is not None:
+            out["pre_invoice_statements"] = counts.statements
+            out["pre_invoice_transactions"] = counts.transactions
+            counts.statements = counts.transactions = 0
+            counts.by_kind.clear()
     if args.wait_go:
         print(json.dumps({"ready": True}), flush=True)
         sys.stdin.readline()

@@ -27,6 +27,7 @@ from billing.engine.reconcile import run_reconcile
 from billing.logs import log_event
 from billing.notify.deliver import DeliverySummary, Notifier
 from billing.store.claims import reap_expired, release_all, try_singleton
+from billing.store.counts import fold_subscription_counts, subscription_counts
 from billing.store.db import dialect_name, session
 from billing.store.models import ChargeAttempt, Invoice, Subscription
 from billing.store.outbox import release_deliveries
@@ -143,16 +144,18 @@ class Daemon:
         return result.check_id
 
     def lease_reaper(self) -> int:
-        """Singleton chore: free expired leases."""
+        """Singleton chore: free expired leases, fold the subscription count deltas."""
         now = self.ctx.clock.now()
         if dialect_name(self.ctx.engine) == "sqlite":
             # One daemon per SQLite file, and a held BEGIN IMMEDIATE would block the reap itself.
             freed = reap_expired(self.ctx.engine, now)
+            fold_subscription_counts(self.ctx.engine)
         else:
             with self.ctx.engine.begin() as conn:  # the advisory lock lives as long as this tx
                 if not try_singleton(conn, "billing.lease_reaper"):
                     return 0
                 freed = reap_expired(self.ctx.engine, now)
+                fold_subscription_counts(self.ctx.engine)
         if freed:
             log_event(log, "lease.reaped", count=freed)
         metrics.LAST_TICK.labels(scheduler_job="lease_reaper").set(time.time())
@@ -182,15 +185,13 @@ class Daemon:
 
 
 def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
-    """Every status and gauge is present (0 when none), so alerts need no absent()."""
+    """Every status and gauge is present (0 when none), so alerts need no absent().
+
+    No query scans a big table (tests/integration/test_metrics_scans.py runs EXPLAIN on each):
+    subscriptions by status come from the trigger-kept counts, every other gauge is an indexed
+    range over the few rows it counts (due, parked, held, unresolved, open findings)."""
     with session(engine) as s:
-        by_status = dict(
-            s.exec(
-                select(Subscription.status, func.count(col(Subscription.id))).group_by(
-                    col(Subscription.status)
-                )
-            ).all()
-        )
+        by_status = subscription_counts(s)  # kept by triggers: no count over the table
         due_count, oldest_due = s.exec(
             select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))
             .where(Invoice.status == InvoiceStatus.open)
@@ -204,7 +205,7 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
         from billing.engine.ledger_check import open_findings_by_kind
 
         findings = open_findings_by_kind(s)
-        held = s.exec(
+        held = s.exec(  # ix_subscription_held (partial: held_at IS NOT NULL) serves it
             select(func.count(col(Subscription.id)))
             .where(col(Subscription.held_at).is_not(None))
             .where(Subscription.status != SubscriptionStatus.canceled)

@@ -115,7 +115,16 @@ class Plan(SQLModel, table=True):
 class Subscription(SQLModel, table=True):
     """Periods are computed from `anchor_at`; `next_period_index` is the next period to invoice."""
 
-    __table_args__ = (Index("ix_subscription_due", "status", "next_billing_at"),)
+    __table_args__ = (
+        Index("ix_subscription_due", "status", "next_billing_at"),
+        # billing_subscriptions_held counts these: a few rows, never a scan of the table.
+        Index(
+            "ix_subscription_held",
+            "status",
+            sqlite_where=text("held_at IS NOT NULL"),
+            postgresql_where=text("held_at IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
@@ -139,6 +148,22 @@ class Subscription(SQLModel, table=True):
     catchup_through_index: int | None = None
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class SubscriptionStatusCount(SQLModel, table=True):
+    """How many subscriptions are in each status: the sum of `n` over a status's rows.
+
+    Written only by triggers on `subscription` (migration f5c0ffee0805), in the transaction of
+    every insert, delete and status change, so no writer can forget it. SQLite keeps one row
+    per status, updated in place; PostgreSQL appends +1/-1 delta rows, which never make two
+    transactions wait for each other, and `store/counts.py` folds them. The metrics scrape
+    reads these few rows instead of counting the subscription table."""
+
+    __tablename__ = "subscription_status_count"
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(max_length=16)
+    n: int
 
 
 class Invoice(SQLModel, table=True):

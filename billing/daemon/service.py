@@ -28,7 +28,7 @@ from billing.logs import log_event
 from billing.notify.deliver import DeliverySummary, Notifier
 from billing.store.claims import reap_expired, release_all, try_singleton
 from billing.store.counts import fold_subscription_counts, subscription_counts
-from billing.store.db import dialect_name, session
+from billing.store.db import dialect_name, indexed_plans_only, session
 from billing.store.models import ChargeAttempt, Invoice, Subscription
 from billing.store.outbox import release_deliveries
 
@@ -191,6 +191,7 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
     subscriptions by status come from the trigger-kept counts, every other gauge is an indexed
     range over the few rows it counts (due, parked, held, unresolved, open findings)."""
     with session(engine) as s:
+        indexed_plans_only(s)
         by_status = subscription_counts(s)  # kept by triggers: no count over the table
         due_count, oldest_due = s.exec(
             select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))

@@ -31,7 +31,7 @@ from billing.logs import log_event
 from billing.notify.config import NotifyConfig
 from billing.notify.email import LANGUAGES, SMTP_TIMEOUT_SECONDS, build_message, send_message
 from billing.notify.webhook import DeliveryFailed, post_webhook
-from billing.store.db import session
+from billing.store.db import indexed_plans_only, session
 from billing.store.models import (
     Customer,
     Invoice,
@@ -216,8 +216,9 @@ class Notifier:
 
 def outbox_samples(engine: Engine, now: datetime) -> metrics.Samples:
     """Pending and dead deliveries by channel, and how long the oldest pending one has waited
-    (every channel and state present, 0 when none)."""
+    (every channel and state present, 0 when none). ix_outbox_delivery_due serves it."""
     with session(engine) as s:
+        indexed_plans_only(s)
         rows = s.exec(
             select(
                 OutboxDelivery.channel,

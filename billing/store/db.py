@@ -98,3 +98,15 @@ def session(engine: Engine) -> Iterator[Session]:
         except BaseException:
             s.rollback()
             raise
+
+
+def indexed_plans_only(s: Session) -> None:
+    """For the rest of this transaction, PostgreSQL plans no Seq Scan where an index serves.
+
+    For reads designed around an index over a small set (the metrics' gauges): statistics
+    taken while a table was small or shaped otherwise (autoanalyze waits for 10 % of rows to
+    change) can make a whole-table scan look cheaper than it is. SET LOCAL ends with the
+    transaction. SQLite has no such choice to make wrong: its planner takes a usable index.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.connection().exec_driver_sql("SET LOCAL enable_seqscan = off")

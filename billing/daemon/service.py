@@ -13,14 +13,13 @@ import time
 from datetime import datetime
 from types import FrameType
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, text
 from sqlmodel import col, select
 
 from billing import metrics
 from billing.daemon.sdnotify import notify
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.engine.billing_pass import RunSummary, run_billing_pass
-from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
 from billing.engine.expiry import send_expiry_warnings
 from billing.engine.reconcile import run_reconcile
@@ -29,7 +28,7 @@ from billing.notify.deliver import DeliverySummary, Notifier
 from billing.store.claims import reap_expired, release_all, try_singleton
 from billing.store.counts import fold_subscription_counts, subscription_counts
 from billing.store.db import dialect_name, indexed_plans_only, session
-from billing.store.models import ChargeAttempt, Invoice, Subscription
+from billing.store.models import ATTEMPT_UNRESOLVED, ChargeAttempt, Invoice, Subscription
 from billing.store.outbox import release_deliveries
 
 log = logging.getLogger("billing.daemon")
@@ -198,9 +197,9 @@ def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
             .where(Invoice.status == InvoiceStatus.open)
             .where(col(Invoice.next_attempt_at) <= now)
         ).one()
-        unresolved, oldest_unknown = s.exec(
+        unresolved, oldest_unknown = s.exec(  # ix_charge_attempt_unresolved_age (partial)
             select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
-                col(ChargeAttempt.state).in_(UNRESOLVED)
+                text(ATTEMPT_UNRESOLVED)
             )
         ).one()
         from billing.engine.ledger_check import open_findings_by_kind

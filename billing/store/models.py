@@ -29,6 +29,13 @@ MAX_ROW_ID = 2**31 - 1
 would make the query itself fail), so lookups answer "not found" for it before asking."""
 
 
+# Predicates of partial indexes, written out literally by the queries they serve: a planner
+# can only prove a query covered by a partial index from literals, not from bound parameters.
+ATTEMPT_UNRESOLVED = "state IN ('sending', 'unknown', 'pending')"
+DELIVERY_BACKLOG = "state IN ('pending', 'dead')"
+SUBSCRIPTION_HELD = "held_at IS NOT NULL"
+
+
 def is_row_id(value: int) -> bool:
     """True when ``value`` can be the id of a row."""
     return 1 <= value <= MAX_ROW_ID
@@ -121,8 +128,8 @@ class Subscription(SQLModel, table=True):
         Index(
             "ix_subscription_held",
             "status",
-            sqlite_where=text("held_at IS NOT NULL"),
-            postgresql_where=text("held_at IS NOT NULL"),
+            sqlite_where=text(SUBSCRIPTION_HELD),
+            postgresql_where=text(SUBSCRIPTION_HELD),
         ),
     )
 
@@ -233,6 +240,14 @@ class ChargeAttempt(SQLModel, table=True):
         Index("ix_charge_attempt_unresolved", "state", "next_check_at"),
         # The card-network caps count a card's recent attempts (engine/retries.py).
         Index("ix_charge_attempt_card_recent", "instrument_id", "created_at"),
+        # billing_unknown_outcomes and the oldest one's age: only unresolved rows are in it
+        # (an approval takes its row out), so no statistics make a table scan look cheaper.
+        Index(
+            "ix_charge_attempt_unresolved_age",
+            "created_at",
+            sqlite_where=text(ATTEMPT_UNRESOLVED),
+            postgresql_where=text(ATTEMPT_UNRESOLVED),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -392,6 +407,15 @@ class OutboxDelivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("outbox_id", "channel", "target"),
         Index("ix_outbox_delivery_due", "state", "next_attempt_at"),
+        # billing_outbox_deliveries and the oldest pending age: the backlog only.
+        Index(
+            "ix_outbox_delivery_backlog",
+            "channel",
+            "state",
+            "created_at",
+            sqlite_where=text(DELIVERY_BACKLOG),
+            postgresql_where=text(DELIVERY_BACKLOG),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

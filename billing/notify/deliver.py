@@ -224,7 +224,7 @@ def outbox_samples(engine: Engine, now: datetime) -> metrics.Samples:
             select(
                 OutboxDelivery.channel,
                 OutboxDelivery.state,
-                func.count(col(OutboxDelivery.id)),
+                func.count(),
                 func.min(OutboxDelivery.created_at),
             )
             .where(text(DELIVERY_BACKLOG))  # ix_outbox_delivery_backlog (partial)

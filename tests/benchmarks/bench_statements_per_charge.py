@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
-from bench_billing_pass import _fresh_pg, client_for
-from bench_startup import commit, machine
+from _common import _fresh_pg, commit, drop_pg, machine
+from bench_billing_pass import client_for
 from sqlalchemy import Engine, event
 
 from billing.clock import TestClock
@@ -184,8 +183,7 @@ def measure_all(n: int, pg_admin: str) -> dict[str, Any]:
         try:
             results["postgresql"] = measure(pg_url, n)
         finally:
-            with psycopg.connect(pg_admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{pg_url.rsplit("/", 1)[1]}"')
+            drop_pg(pg_admin, pg_url)
     return results
 
 

@@ -176,6 +176,7 @@ def reconcile(
     ),
     fmt: str = typer.Option("table", "--format", help="table or csv"),
     page_size: int = typer.Option(100, "--page-size", min=1, max=100, hidden=True),
+    by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Compare the ledger with Plexo's payments for a range and keep the findings (not the
@@ -195,6 +196,7 @@ def reconcile(
         raise InvalidInput(f"unknown --format {fmt!r}; use table or csv")
     if as_json and fmt != "table":
         raise InvalidInput("give --json or --format csv, not both")
+    actor = operator_name(by)
     cfg = settings()
     range_from = parse_bound(start, cfg.tz, "--from", end=False)
     range_to = parse_bound(end, cfg.tz, "--to", end=True)
@@ -202,7 +204,7 @@ def reconcile(
         raise InvalidInput("--from must be before --to")
     from billing.engine.ledger_check import run_ledger_check
 
-    with open_context(cfg, actor=operator_name(None)) as bctx:
+    with open_context(cfg, actor=actor) as bctx:
         result = run_ledger_check(bctx, range_from, range_to, page_size=page_size)
     views = [finding_view(f) for f in result.findings]
     counts = result.counts

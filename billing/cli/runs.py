@@ -31,7 +31,7 @@ from billing.engine.run_review import (
     review_run,
     tally_of,
 )
-from billing.engine.runs import EXTRA_TOTALS, RUN_KINDS
+from billing.engine.runs import EXTRA_TOTALS, RUN_KINDS, is_plan
 from billing.errors import InvalidInput
 from billing.store.db import session
 from billing.wiring import open_context
@@ -175,8 +175,14 @@ def show_run(
     if show_all and limit is not None:
         raise InvalidInput("give --limit N or --all, not both")
     cap = None if show_all else limit or DEFAULT_CHARGE_LIMIT
+    plan: dict[str, Any] | None = None
     with open_context(settings()) as ctx:
         review = review_run(ctx, run, charge_limit=cap)
+        if is_plan(review.counts.run):  # the approval gate's frozen charges (runs plan RUN)
+            from billing.cli.run_approval import plan_view
+
+            with session(ctx.engine) as s:
+                plan = plan_view(s, review.counts.run)
     view = {
         **counts_view(review.counts),
         "declines": [decline_view(d) for d in review.declines],
@@ -184,8 +190,15 @@ def show_run(
         "charges": [charge_view(c) for c in review.charges],
         "unresolved": [charge_view(c) for c in review.unresolved],
         "parked_invoices": [parked_view(p) for p in review.parked],
+        "plan": plan,
     }
-    output(view, as_json, render_run(view))
+    text = render_run(view)
+    if plan is not None:
+        text += (
+            f"\nplan: {len(plan['items'])} frozen charges ({plan['state']}); "
+            f"`billing runs plan {run}` lists them"
+        )
+    output(view, as_json, text)
     if review.charge_count > len(review.charges):
         typer.echo(
             f"{len(review.charges)} of {review.charge_count} charges shown; use --limit N, "

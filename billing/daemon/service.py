@@ -13,22 +13,22 @@ import time
 from datetime import datetime
 from types import FrameType
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, text
 from sqlmodel import col, select
 
 from billing import metrics
 from billing.daemon.sdnotify import notify
 from billing.domain.lifecycle import InvoiceStatus, SubscriptionStatus
 from billing.engine.billing_pass import RunSummary, run_billing_pass
-from billing.engine.charge import UNRESOLVED
 from billing.engine.context import BillingContext
 from billing.engine.expiry import send_expiry_warnings
 from billing.engine.reconcile import run_reconcile
 from billing.logs import log_event
 from billing.notify.deliver import DeliverySummary, Notifier
 from billing.store.claims import reap_expired, release_all, try_singleton
-from billing.store.db import dialect_name, session
-from billing.store.models import ChargeAttempt, Invoice, Subscription
+from billing.store.counts import fold_subscription_counts, subscription_counts
+from billing.store.db import dialect_name, indexed_plans_only, session
+from billing.store.models import ATTEMPT_UNRESOLVED, ChargeAttempt, Invoice, Subscription
 from billing.store.outbox import release_deliveries
 
 log = logging.getLogger("billing.daemon")
@@ -143,16 +143,18 @@ class Daemon:
         return result.check_id
 
     def lease_reaper(self) -> int:
-        """Singleton chore: free expired leases."""
+        """Singleton chore: free expired leases, fold the subscription count deltas."""
         now = self.ctx.clock.now()
         if dialect_name(self.ctx.engine) == "sqlite":
             # One daemon per SQLite file, and a held BEGIN IMMEDIATE would block the reap itself.
             freed = reap_expired(self.ctx.engine, now)
+            fold_subscription_counts(self.ctx.engine)
         else:
             with self.ctx.engine.begin() as conn:  # the advisory lock lives as long as this tx
                 if not try_singleton(conn, "billing.lease_reaper"):
                     return 0
                 freed = reap_expired(self.ctx.engine, now)
+                fold_subscription_counts(self.ctx.engine)
         if freed:
             log_event(log, "lease.reaped", count=freed)
         metrics.LAST_TICK.labels(scheduler_job="lease_reaper").set(time.time())
@@ -182,35 +184,35 @@ class Daemon:
 
 
 def store_samples(engine: Engine, now: datetime) -> metrics.Samples:
-    """Every status and gauge is present (0 when none), so alerts need no absent()."""
+    """Every status and gauge is present (0 when none), so alerts need no absent().
+
+    No query scans a big table (tests/integration/test_metrics_scans.py runs EXPLAIN on each):
+    subscriptions by status come from the trigger-kept counts, every other gauge is an indexed
+    range over the few rows it counts (due, parked, held, unresolved, open findings). count(*),
+    not count(id): every column read is in the index, so PostgreSQL can answer from the index
+    alone (an index-only scan) instead of visiting one heap page per row counted."""
     with session(engine) as s:
-        by_status = dict(
-            s.exec(
-                select(Subscription.status, func.count(col(Subscription.id))).group_by(
-                    col(Subscription.status)
-                )
-            ).all()
-        )
+        indexed_plans_only(s)
+        by_status = subscription_counts(s)  # kept by triggers: no count over the table
         due_count, oldest_due = s.exec(
-            select(func.count(col(Invoice.id)), func.min(Invoice.next_attempt_at))
+            select(func.count(), func.min(Invoice.next_attempt_at))
             .where(Invoice.status == InvoiceStatus.open)
             .where(col(Invoice.next_attempt_at) <= now)
         ).one()
-        unresolved, oldest_unknown = s.exec(
-            select(func.count(col(ChargeAttempt.id)), func.min(ChargeAttempt.created_at)).where(
-                col(ChargeAttempt.state).in_(UNRESOLVED)
-            )
+        unresolved, oldest_unknown = s.exec(  # ix_charge_attempt_unresolved_age (partial)
+            select(func.count(), func.min(ChargeAttempt.created_at)).where(text(ATTEMPT_UNRESOLVED))
         ).one()
         from billing.engine.ledger_check import open_findings_by_kind
 
         findings = open_findings_by_kind(s)
-        held = s.exec(
-            select(func.count(col(Subscription.id)))
+        held = s.exec(  # ix_subscription_held (partial: held_at IS NOT NULL) serves it
+            select(func.count())
+            .select_from(Subscription)
             .where(col(Subscription.held_at).is_not(None))
             .where(Subscription.status != SubscriptionStatus.canceled)
         ).one()
         parked = s.exec(  # ix_invoice_claimable (status, next_attempt_at) serves it
-            select(func.count(col(Invoice.id))).where(Invoice.status == InvoiceStatus.parked)
+            select(func.count()).select_from(Invoice).where(Invoice.status == InvoiceStatus.parked)
         ).one()
     statuses = {str(status): 0.0 for status in SubscriptionStatus}
     statuses.update({str(status): float(n) for status, n in by_status.items()})

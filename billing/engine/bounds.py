@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlmodel import Session, col, select
 
 from billing.domain.bounds import Breach, SafetyBounds, amount_breach, count_breach, local_day
 from billing.domain.lifecycle import AttemptState, InvoiceStatus, check_transition
 from billing.engine.context import BillingContext
 from billing.engine.events import record_event
+from billing.store.claims import row_guard
 from billing.store.models import ChargeAttempt, Customer, Invoice
+from billing.store.types import UTCDateTime
 
 # Attempts that took, or may still take, the customer's money.
 COUNTED = (AttemptState.approved, AttemptState.sending, AttemptState.unknown, AttemptState.pending)
@@ -42,20 +44,23 @@ def previous_approved(s: Session, subscription_id: int) -> tuple[int, str] | Non
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+# Built once: bound per call by customer and the merchant-zone day.
+_CHARGES_TODAY = (
+    select(func.count(col(ChargeAttempt.id)))
+    .join(Invoice, col(Invoice.id) == col(ChargeAttempt.invoice_id))
+    .where(col(Invoice.customer_id) == bindparam("customer_id"))
+    .where(col(ChargeAttempt.state).in_([str(x) for x in COUNTED]))
+    .where(col(ChargeAttempt.created_at) >= bindparam("day_start", type_=UTCDateTime()))
+    .where(col(ChargeAttempt.created_at) < bindparam("day_end", type_=UTCDateTime()))
+)
+
+
 def charges_today(s: Session, ctx: BillingContext, customer_id: int, now: datetime) -> int:
     """The customer's attempts written ahead on `now`'s merchant-zone day that are approved or
     still in flight (declined ones took no money)."""
     start, end = local_day(now, ctx.tz)
-    return int(
-        s.exec(
-            select(func.count(col(ChargeAttempt.id)))
-            .join(Invoice, col(Invoice.id) == col(ChargeAttempt.invoice_id))
-            .where(Invoice.customer_id == customer_id)
-            .where(col(ChargeAttempt.state).in_([str(x) for x in COUNTED]))
-            .where(col(ChargeAttempt.created_at) >= start)
-            .where(col(ChargeAttempt.created_at) < end)
-        ).one()
-    )
+    params = {"customer_id": customer_id, "day_start": start, "day_end": end}
+    return int(s.connection().execute(_CHARGES_TODAY, params).scalar_one())
 
 
 def bound_breach(
@@ -69,8 +74,9 @@ def bound_breach(
 ) -> Breach | None:
     """The bound one more attempt of `invoice` would break, if any (None once released).
 
-    `lock`: take the customer's row lock before counting (the write-ahead); the read-only
-    preview passes False, and `planned`: the customer's charges it lists before this one."""
+    `lock`: take the customer's row lock before counting; False when the caller holds it
+    already (the write-ahead: choose_card(lock=True) locked it in this transaction) or reads
+    only (the preview, which passes `planned`: the customer's charges it lists before this)."""
     if released_for(invoice):
         return None
     bounds: SafetyBounds = ctx.bounds
@@ -101,9 +107,13 @@ def park_invoice(
     parked = s.exec(
         update(Invoice)
         .where(col(Invoice.id) == invoice.id)
-        .where(col(Invoice.status) == InvoiceStatus.open)
-        .where(col(Invoice.lease_owner) == ctx.node)
-        .where(col(Invoice.lease_until) > now)
+        .where(
+            row_guard(
+                col(Invoice.status) == InvoiceStatus.open,
+                col(Invoice.lease_owner) == ctx.node,
+                col(Invoice.lease_until) > now,
+            )
+        )
         .values(
             status=InvoiceStatus.parked,
             parked_reason=str(breach.reason),

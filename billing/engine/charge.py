@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, case, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from billing.domain.declines import DeclineClass, classify_decline_codes
@@ -50,9 +50,10 @@ from billing.plexo.errors import PlexoError
 from billing.plexo.models import PaymentRequest
 from billing.plexo.outcome import MAX_RETRY_AFTER_SECONDS, ChargeOutcome
 from billing.store.aftercommit import count_after_commit
-from billing.store.claims import release_lease
+from billing.store.claims import release_lease, row_guard
 from billing.store.db import session
 from billing.store.models import ChargeAttempt, Customer, Invoice, Subscription
+from billing.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,117 @@ UNRESOLVED = (AttemptState.sending, AttemptState.unknown, AttemptState.pending)
 # First look at an unknown outcome; later checks back off (see reconcile.next_check_delay).
 FIRST_CHECK_DELAY = timedelta(seconds=5)
 MAX_CHECK_DELAY_SECONDS = 3600.0
+
+# The hot path's writes, built once (building a statement per charge costs more CPU than
+# running it) and run on the session's connection, without the ORM. Each names its row by
+# key and keeps its compare-and-set guard in row_guard (store/claims.py): the plan is the
+# key's whatever the statistics say (tests/integration/test_pk_plans.py).
+_INVOICE = cast(Table, Invoice.__table__)  # type: ignore[attr-defined]
+_ATTEMPT = cast(Table, ChargeAttempt.__table__)  # type: ignore[attr-defined]
+_SUBSCRIPTION = cast(Table, Subscription.__table__)  # type: ignore[attr-defined]
+_NOW = bindparam("now", type_=UTCDateTime())
+_UNRESOLVED = _ATTEMPT.c.state.in_([str(x) for x in UNRESOLVED])
+
+# Write-ahead, first statement: the invoice with its subscription and customer's ids.
+_READ = (
+    select(Invoice, Subscription, Customer.plexo_id, Customer.reference_id)
+    .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
+    .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+    .where(col(Invoice.id) == bindparam("invoice_id"))
+)
+# Write-ahead: open -> charging, only while our lease lives (an expired one may be
+# someone else's now).
+_TAKE = (
+    update(_INVOICE)
+    .where(_INVOICE.c.id == bindparam("invoice_id"))
+    .where(
+        row_guard(
+            _INVOICE.c.status == InvoiceStatus.open,
+            _INVOICE.c.lease_owner == bindparam("owner"),
+            _INVOICE.c.lease_until > _NOW,
+        )
+    )
+    .values(status=InvoiceStatus.charging, attempt_count=bindparam("attempt_n"), updated_at=_NOW)
+)
+_INSERT_ATTEMPT = insert(_ATTEMPT)
+
+# Record an approval (_record_approved), in the engine's lock order: the invoice (still
+# charging, lease ours or free, its attempt unresolved), the attempt, the subscription.
+_OF_ATTEMPT = (
+    select(_ATTEMPT.c.invoice_id)
+    .where(_ATTEMPT.c.reference_id == bindparam("ref"))
+    .scalar_subquery()
+)
+_PAY = (
+    update(_INVOICE)
+    .where(_INVOICE.c.id == _OF_ATTEMPT)
+    .where(
+        row_guard(
+            _INVOICE.c.status == InvoiceStatus.charging,
+            or_(_INVOICE.c.lease_owner == bindparam("owner"), _INVOICE.c.lease_owner.is_(None)),
+        )
+    )
+    .where(
+        select(_ATTEMPT.c.id)
+        .where(_ATTEMPT.c.reference_id == bindparam("ref"), row_guard(_UNRESOLVED))
+        .exists()
+    )
+    .values(
+        status=InvoiceStatus.paid,
+        paid_at=_NOW,
+        next_attempt_at=None,
+        lease_owner=None,
+        lease_until=None,
+        attention=None,
+        attention_at=None,
+        updated_at=_NOW,
+    )
+    .returning(
+        _INVOICE.c.id,
+        _INVOICE.c.number,
+        _INVOICE.c.subscription_id,
+        _INVOICE.c.customer_id,
+        _INVOICE.c.period_start,
+        _INVOICE.c.period_end,
+        _INVOICE.c.retry_schedule,
+    )
+)
+_SETTLE = (
+    update(_ATTEMPT)
+    .where(_ATTEMPT.c.reference_id == bindparam("ref"), row_guard(_UNRESOLVED))
+    .values(
+        state=AttemptState.approved,
+        resolved_at=_NOW,
+        next_check_at=None,
+        message=bindparam("text"),
+        plexo_payment_id=func.coalesce(bindparam("payment_id"), _ATTEMPT.c.plexo_payment_id),
+    )
+    .returning(
+        _ATTEMPT.c.attempt_number,
+        _ATTEMPT.c.instrument_id,
+        _ATTEMPT.c.amount_minor,
+        _ATTEMPT.c.currency,
+        _ATTEMPT.c.plexo_payment_id,
+    )
+)
+_PERIOD_END = bindparam("period_end", type_=UTCDateTime())
+_LATER = or_(
+    _SUBSCRIPTION.c.current_period_end.is_(None), _SUBSCRIPTION.c.current_period_end < _PERIOD_END
+)
+# The paid period advances, never back.
+_ADVANCE = (
+    update(_SUBSCRIPTION)
+    .where(_SUBSCRIPTION.c.id == bindparam("subscription_id"))
+    .values(
+        current_period_start=case(
+            (_LATER, bindparam("period_start", type_=UTCDateTime())),
+            else_=_SUBSCRIPTION.c.current_period_start,
+        ),
+        current_period_end=case((_LATER, _PERIOD_END), else_=_SUBSCRIPTION.c.current_period_end),
+        updated_at=_NOW,
+    )
+    .returning(_SUBSCRIPTION.c.status)
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +224,6 @@ def charge_invoice(
     if should_stop():
         _release(ctx, invoice_id)
         return AttemptResult(invoice_id, "skipped", 0, "")
-    _sync_before_retry(ctx, invoice_id)
     prepared = _write_ahead(ctx, invoice_id, run_id, expected)
     if isinstance(prepared, AttemptResult):
         return prepared
@@ -125,92 +236,120 @@ def _write_ahead(
     invoice_id: int,
     run_id: int | None = None,
     expected: Expected | None = None,
+    *,
+    synced: bool = False,
 ) -> PaymentRequest | AttemptResult:
     """Commit the attempt row (state `sending`, linked to its run) and move the invoice to
-    `charging`."""
+    `charging`: one transaction of seven statements for a first attempt (the invoice with
+    its subscription and customer; the cards, locked with the customer; the card's history;
+    the customer's day; the compare-and-set; the attempt; its event).
+
+    A retry of a past_due customer first mirrors their cards from Plexo, so a card added
+    through the update link is used: seen in the same read, done outside any transaction
+    (nothing written yet), then the write-ahead starts again. Best effort: a gateway failure
+    leaves the cards we have."""
     now = ctx.clock.now()
     with session(ctx.engine) as s:
-        invoice = s.get(Invoice, invoice_id)
-        if invoice is None or invoice.status != InvoiceStatus.open:
+        row = s.execute(_READ, {"invoice_id": invoice_id}).first()
+        if row is None:
             return AttemptResult(invoice_id, "skipped", 0, "")
-        if invoice.lease_owner != ctx.node:
+        invoice, sub, plexo_id, customer_ref = row
+        if invoice.status != InvoiceStatus.open or invoice.lease_owner != ctx.node:
             return AttemptResult(invoice_id, "skipped", 0, "")
-        sub = s.get(Subscription, invoice.subscription_id)
-        customer = s.get(Customer, invoice.customer_id)
-        assert sub is not None and customer is not None
-        instrument = choose_card(s, sub, invoice, fallback=fallback_allowed(ctx, invoice))
-        if instrument is None and invoice.retry_schedule is not None:
-            # A retry with no card left that may be charged: the chain ends here.
-            s.refresh(sub, with_for_update=True)
-            _end_chain(ctx, s, invoice, sub, now, "no card left that may be charged")
-            assert invoice.id is not None
-            return AttemptResult(
-                invoice.id, "skipped", invoice.amount_minor, invoice.currency, DeclineClass.hard
-            )
-        if instrument is None or customer.plexo_id is None:
-            return _no_instrument(ctx, s, invoice, sub, now)
-        assert instrument.id is not None
-        refused = cap_refusal(s, invoice, instrument.id, now)
-        if refused is not None:
-            return _defer(ctx, s, invoice, refused, now)
-        breach = bound_breach(ctx, s, invoice, now)
-        if breach is not None:
-            # Over a safety bound: parked for a person, nothing sent (engine/bounds.py).
-            if not park_invoice(ctx, s, invoice, breach, now, run_id):
-                s.rollback()
-                return AttemptResult(invoice_id, "skipped", 0, "")
-            return AttemptResult(invoice_id, "parked", invoice.amount_minor, invoice.currency)
-        number = invoice.attempt_count + 1
-        if expected is not None:
-            # In the write-ahead's own transaction: nothing can change between check and send.
-            why = expected.mismatch(invoice, instrument.id, number)
-            if why is not None:
-                s.exec(
-                    update(Invoice)
-                    .where(col(Invoice.id) == invoice_id)
-                    .where(col(Invoice.lease_owner) == ctx.node)
-                    .values(lease_owner=None, lease_until=None)
-                )
-                return AttemptResult(invoice_id, "skipped", 0, "", detail=why)
-        ref = reference_id(invoice.number, number)
-        taken = s.exec(
-            update(Invoice)
-            .where(col(Invoice.id) == invoice_id)
-            .where(col(Invoice.status) == InvoiceStatus.open)
-            .where(col(Invoice.lease_owner) == ctx.node)
-            .where(col(Invoice.lease_until) > now)  # an expired lease may be someone else's now
-            .values(status=InvoiceStatus.charging, attempt_count=number, updated_at=now)
+        needs_sync = invoice.attempt_count > 0 and sub.status == SubscriptionStatus.past_due
+        if synced or not needs_sync:
+            return _write_ahead_in(ctx, s, invoice, sub, plexo_id, now, run_id, expected)
+    try:
+        sync_instruments(ctx, customer_ref)
+    except (PlexoError, BillingError) as exc:
+        log_event(log, "instruments.sync_failed", logging.WARNING, error=type(exc).__name__)
+    return _write_ahead(ctx, invoice_id, run_id, expected, synced=True)
+
+
+def _write_ahead_in(
+    ctx: BillingContext,
+    s: Session,
+    invoice: Invoice,
+    sub: Subscription,
+    customer_plexo_id: str | None,
+    now: datetime,
+    run_id: int | None,
+    expected: Expected | None,
+) -> PaymentRequest | AttemptResult:
+    """The write-ahead's decisions and writes, in the caller's transaction (see _write_ahead)."""
+    assert invoice.id is not None
+    invoice_id = invoice.id
+    instrument = choose_card(s, sub, invoice, fallback=fallback_allowed(ctx, invoice), lock=True)
+    if instrument is None and invoice.retry_schedule is not None:
+        # A retry with no card left that may be charged: the chain ends here.
+        s.refresh(sub, with_for_update=True)
+        _end_chain(ctx, s, invoice, sub, now, "no card left that may be charged")
+        return AttemptResult(
+            invoice_id, "skipped", invoice.amount_minor, invoice.currency, DeclineClass.hard
         )
-        if taken.rowcount != 1:
+    if instrument is None or customer_plexo_id is None:
+        return _no_instrument(ctx, s, invoice, sub, now)
+    assert instrument.id is not None
+    # The card and the customer are locked (choose_card): the caps and the day's count below
+    # see every attempt committed before this one.
+    refused = cap_refusal(s, invoice, instrument.id, now, locked=True)
+    if refused is not None:
+        return _defer(ctx, s, invoice, refused, now)
+    breach = bound_breach(ctx, s, invoice, now, lock=False)
+    if breach is not None:
+        # Over a safety bound: parked for a person, nothing sent (engine/bounds.py).
+        if not park_invoice(ctx, s, invoice, breach, now, run_id):
             s.rollback()
             return AttemptResult(invoice_id, "skipped", 0, "")
-        s.add(
-            ChargeAttempt(
-                invoice_id=invoice_id,
-                attempt_number=number,
-                reference_id=ref,
-                state=AttemptState.sending,
-                amount_minor=invoice.amount_minor,
-                currency=invoice.currency,
-                instrument_id=instrument.id,
-                node=ctx.node,
-                run_id=run_id,
-                created_at=now,
-                last_sent_at=now,
+        return AttemptResult(invoice_id, "parked", invoice.amount_minor, invoice.currency)
+    number = invoice.attempt_count + 1
+    if expected is not None:
+        # In the write-ahead's own transaction: nothing can change between check and send.
+        why = expected.mismatch(invoice, instrument.id, number)
+        if why is not None:
+            s.exec(
+                update(Invoice)
+                .where(col(Invoice.id) == invoice_id)
+                .where(col(Invoice.lease_owner) == ctx.node)
+                .values(lease_owner=None, lease_until=None)
             )
-        )
-        record_event(
-            s,
-            at=now,
-            entity_type="invoice",
-            entity_id=invoice_id,
-            event="attempt.sending",
-            actor=ctx.actor,
-            reference_id=ref,
-            attempt_number=number,
-            instrument_id=instrument.id,
-        )
-        return payment_request(ctx, invoice, sub, customer.plexo_id, instrument.token, ref)
+            return AttemptResult(invoice_id, "skipped", 0, "", detail=why)
+    ref = reference_id(invoice.number, number)
+    conn = s.connection()
+    params = {"invoice_id": invoice_id, "owner": ctx.node, "now": now, "attempt_n": number}
+    if conn.execute(_TAKE, params).rowcount != 1:
+        s.rollback()
+        return AttemptResult(invoice_id, "skipped", 0, "")
+    conn.execute(
+        _INSERT_ATTEMPT,
+        {
+            "invoice_id": invoice_id,
+            "attempt_number": number,
+            "reference_id": ref,
+            "state": AttemptState.sending,
+            "amount_minor": invoice.amount_minor,
+            "currency": invoice.currency,
+            "instrument_id": instrument.id,
+            "node": ctx.node,
+            "run_id": run_id,
+            "send_count": 1,
+            "check_count": 0,
+            "created_at": now,
+            "last_sent_at": now,
+        },
+    )
+    record_event(
+        s,
+        at=now,
+        entity_type="invoice",
+        entity_id=invoice_id,
+        event="attempt.sending",
+        actor=ctx.actor,
+        reference_id=ref,
+        attempt_number=number,
+        instrument_id=instrument.id,
+    )
+    return payment_request(ctx, invoice, sub, customer_plexo_id, instrument.token, ref)
 
 
 def payment_request(
@@ -242,27 +381,6 @@ def fallback_allowed(ctx: BillingContext, invoice: Invoice) -> bool:
     if invoice.retry_schedule is not None:
         return bool(invoice.retry_schedule.get("instrument_fallback", True))
     return ctx.retry.instrument_fallback
-
-
-def _sync_before_retry(ctx: BillingContext, invoice_id: int) -> None:
-    """A retry of a past_due customer first mirrors their cards from Plexo, so a card added
-    through the update link is used. Best effort: a gateway failure leaves the cards we have."""
-    with session(ctx.engine) as s:
-        reference = s.exec(
-            select(Customer.reference_id)
-            .join(Invoice, col(Invoice.customer_id) == col(Customer.id))
-            .join(Subscription, col(Subscription.id) == col(Invoice.subscription_id))
-            .where(col(Invoice.id) == invoice_id)
-            .where(col(Invoice.attempt_count) > 0)
-            .where(col(Invoice.lease_owner) == ctx.node)
-            .where(col(Subscription.status) == SubscriptionStatus.past_due)
-        ).first()
-    if reference is None:
-        return
-    try:
-        sync_instruments(ctx, reference)
-    except (PlexoError, BillingError) as exc:
-        log_event(log, "instruments.sync_failed", logging.WARNING, error=type(exc).__name__)
 
 
 def _defer(
@@ -319,15 +437,21 @@ def _no_instrument(
 
 def lock_attempt(s: Session, ref: str) -> tuple[Invoice, ChargeAttempt]:
     """Lock an attempt's invoice, then the attempt: the one lock order of the engine (then the
-    subscription, where needed). PostgreSQL row locks; SQLite already holds the database lock."""
-    invoice_id = s.exec(
-        select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+    subscription, where needed). PostgreSQL row locks; SQLite already holds the database lock.
+    Two statements: the invoice by its key (the attempt's invoice_id in a sub-select)."""
+    owner = select(ChargeAttempt.invoice_id).where(ChargeAttempt.reference_id == ref)
+    invoice = s.exec(
+        select(Invoice)
+        .where(col(Invoice.id) == owner.scalar_subquery())
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).one()
-    invoice = s.get(Invoice, invoice_id, with_for_update=True)
     attempt = s.exec(
-        select(ChargeAttempt).where(ChargeAttempt.reference_id == ref).with_for_update()
+        select(ChargeAttempt)
+        .where(ChargeAttempt.reference_id == ref)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).one()
-    assert invoice is not None
     return invoice, attempt
 
 
@@ -342,9 +466,12 @@ def record_outcome(
     """Apply Plexo's answer to the attempt, its invoice and subscription, in one transaction.
 
     Guarded: does nothing if the attempt is already resolved or the invoice lease passed to
-    another owner (the reconciler will then ask Plexo itself).
+    another owner (the reconciler will then ask Plexo itself). An approval, the common case,
+    is a few set-based statements (_record_approved); the rest go through the ORM.
     """
     now = ctx.clock.now()
+    if outcome.kind == "approved":
+        return _record_approved(ctx, ref, outcome, lease_owner, now)
     with session(ctx.engine) as s:
         invoice, attempt = lock_attempt(s, ref)
         assert invoice.id is not None and attempt.id is not None
@@ -366,9 +493,7 @@ def record_outcome(
             outcome = replace(outcome, kind="unknown", detail=f"resend refused: {outcome.detail}")
         kind = outcome.kind
         decline_class: str | None = None
-        if kind == "approved":
-            _approve(ctx, s, attempt, invoice, sub, now)
-        elif kind == "declined":
+        if kind == "declined":
             decline_class = classify_decline_codes(outcome.decline_code, outcome.result_code)
             _decline(ctx, s, attempt, invoice, sub, outcome, decline_class, now)
         else:
@@ -381,6 +506,115 @@ def record_outcome(
         )
 
 
+def _record_approved(
+    ctx: BillingContext, ref: str, outcome: ChargeOutcome, lease_owner: str, now: datetime
+) -> AttemptResult:
+    """An approval in one transaction, rows locked in the engine's order by the statements
+    that change them: UPDATE invoice (guarded: `charging`, lease ours or free, the attempt
+    unresolved) RETURNING what the rest needs; UPDATE attempt (guarded: unresolved)
+    RETURNING; UPDATE subscription (the paid period advances, never back) RETURNING its
+    status; then the events. A guard that fails writes nothing. The same outcome as _approve
+    (which `invoices resolve --paid` uses on rows it has locked): keep the two together."""
+    with session(ctx.engine) as s:
+        conn = s.connection()
+        params = {"ref": ref, "owner": lease_owner, "now": now}
+        inv = conn.execute(_PAY, params).first()
+        if inv is None:
+            s.rollback()
+            return _not_recorded(ctx, ref)
+        # masked and escaped: it is Plexo's text
+        message = gateway_text(outcome.decline_message or outcome.detail, 500)
+        params.update(text=message, payment_id=outcome.payment_id or None)
+        att = conn.execute(_SETTLE, params).first()
+        if att is None:  # resolved meanwhile by a writer that skipped the invoice lock
+            s.rollback()
+            return _not_recorded(ctx, ref)
+        advance = {
+            "subscription_id": inv.subscription_id,
+            "period_start": inv.period_start,
+            "period_end": inv.period_end,
+            "now": now,
+        }
+        status = conn.execute(_ADVANCE, advance).scalar_one()
+        ids: dict[str, Any] = {
+            "invoice_id": inv.id,
+            "invoice_number": inv.number,
+            "subscription_id": inv.subscription_id,
+            "customer_id": inv.customer_id,
+            "attempt_number": att.attempt_number,
+            "instrument_id": att.instrument_id,
+        }
+        if status in REACTIVATED:
+            sub = s.get(Subscription, inv.subscription_id)  # locked by the UPDATE above
+            assert sub is not None
+            recovering = inv.retry_schedule is not None  # it had failed: dunning was running
+            _reactivate(ctx, s, sub, inv.id, ids, recovering, now)
+        record_event(
+            s,
+            at=now,
+            entity_type="invoice",
+            entity_id=inv.id,
+            event="invoice.paid",
+            actor=ctx.actor,
+            **ids,
+            reference_id=ref,
+            payment_id=att.plexo_payment_id,
+            amount_minor=att.amount_minor,
+            currency=att.currency,
+        )
+        return AttemptResult(inv.id, "approved", att.amount_minor, att.currency)
+
+
+def _not_recorded(ctx: BillingContext, ref: str) -> AttemptResult:
+    """What record_outcome answers when its guards refused (already resolved, lease gone)."""
+    with session(ctx.engine) as s:
+        invoice_id, amount, currency = s.exec(
+            select(
+                ChargeAttempt.invoice_id, ChargeAttempt.amount_minor, ChargeAttempt.currency
+            ).where(ChargeAttempt.reference_id == ref)
+        ).one()
+    return AttemptResult(invoice_id, "skipped", amount, currency)
+
+
+# An approval makes these active again (unless another invoice of theirs is still unpaid).
+REACTIVATED = (
+    SubscriptionStatus.past_due,
+    SubscriptionStatus.trialing,
+    SubscriptionStatus.incomplete,
+)
+
+
+def _reactivate(
+    ctx: BillingContext,
+    s: Session,
+    sub: Subscription,
+    invoice_id: int,
+    ids: dict[str, Any],
+    recovering: bool,
+    now: datetime,
+) -> None:
+    """An approval returns a past_due, trialing or incomplete subscription to active, unless
+    another of its invoices is still unpaid after a decline; `subscription.recovered` when a
+    retry chain was running."""
+    if sub.status not in REACTIVATED or _has_other_unpaid(s, sub.id, invoice_id):
+        return
+    if sub.status == SubscriptionStatus.past_due:
+        count_after_commit(s, "DUNNING", stage="recovered")
+    if recovering and sub.status == SubscriptionStatus.past_due:
+        set_status(
+            ctx,
+            s,
+            sub,
+            SubscriptionStatus.active,
+            now,
+            f"retry approved (attempt {ids['attempt_number']})",
+            "subscription.recovered",
+            **ids,
+        )
+    else:
+        set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
+
+
 def _approve(
     ctx: BillingContext,
     s: Session,
@@ -389,6 +623,8 @@ def _approve(
     sub: Subscription,
     now: datetime,
 ) -> None:
+    """An approval on rows the caller has locked (`invoices resolve --paid`); record_outcome
+    does the same with set-based statements (_record_approved)."""
     attempt.state = AttemptState.approved
     attempt.resolved_at = now
     attempt.next_check_at = None
@@ -404,28 +640,9 @@ def _approve(
     recovering = invoice.retry_schedule is not None  # it had failed: dunning was running
     invoice.attention = None
     invoice.attention_at = None
-    if sub.status in (
-        SubscriptionStatus.past_due,
-        SubscriptionStatus.trialing,
-        SubscriptionStatus.incomplete,
-    ) and not _has_other_unpaid(s, invoice):
-        if sub.status == SubscriptionStatus.past_due:
-            count_after_commit(s, "DUNNING", stage="recovered")
-        if recovering and sub.status == SubscriptionStatus.past_due:
-            set_status(
-                ctx,
-                s,
-                sub,
-                SubscriptionStatus.active,
-                now,
-                f"retry approved (attempt {attempt.attempt_number})",
-                "subscription.recovered",
-                **_ids(invoice, attempt),
-            )
-        else:
-            set_status(ctx, s, sub, SubscriptionStatus.active, now, "payment approved")
-    sub.updated_at = now
     assert invoice.id is not None
+    _reactivate(ctx, s, sub, invoice.id, _ids(invoice, attempt), recovering, now)
+    sub.updated_at = now
     record_event(
         s,
         at=now,
@@ -711,11 +928,11 @@ def _leave_unresolved(
         )
 
 
-def _has_other_unpaid(s: Session, invoice: Invoice) -> bool:
+def _has_other_unpaid(s: Session, subscription_id: int | None, invoice_id: int) -> bool:
     other = s.exec(
         select(Invoice.id)
-        .where(Invoice.subscription_id == invoice.subscription_id)
-        .where(col(Invoice.id) != invoice.id)
+        .where(Invoice.subscription_id == subscription_id)
+        .where(col(Invoice.id) != invoice_id)
         .where(col(Invoice.status).in_([InvoiceStatus.open, InvoiceStatus.charging]))
         .where(col(Invoice.last_decline_code).is_not(None))
     ).first()

@@ -499,7 +499,7 @@ def open_findings_by_kind(s: Session) -> dict[str, int]:
 
     counts = {kind: 0 for kind in KINDS}
     rows = s.exec(
-        select(ReconciliationFinding.kind, func.count(col(ReconciliationFinding.id)))
+        select(ReconciliationFinding.kind, func.count())
         .where(col(ReconciliationFinding.resolved_at).is_(None))
         .group_by(col(ReconciliationFinding.kind))
     ).all()

@@ -75,8 +75,16 @@ def _related_ids(
     ids: dict[str, int | str] = id_fields(data)
     customer_id: int | None = None
     if entity_type == "invoice":
-        invoice = s.get(Invoice, entity_id)
         ids["invoice_id"] = entity_id
+        number = data.get("invoice_number")
+        if isinstance(number, str) and all(
+            isinstance(ids.get(k), int) for k in ("subscription_id", "customer_id")
+        ):
+            # The caller read them from the row (charge._ids): no query for the row again.
+            invoice = None
+            ids["invoice_number"] = number
+        else:
+            invoice = s.get(Invoice, entity_id)
         if invoice is not None:
             ids["invoice_number"] = invoice.number
             ids["subscription_id"] = invoice.subscription_id

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import BindParameter, Engine, Integer, TextClause, bindparam, text
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Engine,
+    Integer,
+    TextClause,
+    and_,
+    bindparam,
+    text,
+)
 from sqlalchemy.engine import Connection
 
 from billing.clock import ensure_utc
@@ -79,6 +88,16 @@ UPDATE invoice SET lease_owner = NULL, lease_until = NULL
 
 # Transaction-scoped advisory lock: released by COMMIT/ROLLBACK, never left behind by a pool.
 TRY_ADVISORY_XACT_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext(:name))")
+
+
+def row_guard(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`(a AND b ...) IS TRUE`: the compare-and-set guard of a statement that names its row
+    by primary key. It keeps the same rows as the bare conditions (NULL is not true either
+    way) but no index can serve it, so the planner finds the row by the key beside it whatever
+    the statistics say. Bare, `status = 'open'` let PostgreSQL with statistics taken while
+    nothing was open walk ix_invoice_claimable over every open invoice (5.7 ms at 20k open,
+    0.08 ms by key; tests/integration/test_pk_plans.py)."""
+    return and_(*conditions).is_(True)
 
 
 def claim_invoices(

@@ -29,6 +29,13 @@ MAX_ROW_ID = 2**31 - 1
 would make the query itself fail), so lookups answer "not found" for it before asking."""
 
 
+# Predicates of partial indexes, written out literally by the queries they serve: a planner
+# can only prove a query covered by a partial index from literals, not from bound parameters.
+ATTEMPT_UNRESOLVED = "state IN ('sending', 'unknown', 'pending')"
+DELIVERY_BACKLOG = "state IN ('pending', 'dead')"
+SUBSCRIPTION_HELD = "held_at IS NOT NULL"
+
+
 def is_row_id(value: int) -> bool:
     """True when ``value`` can be the id of a row."""
     return 1 <= value <= MAX_ROW_ID
@@ -115,7 +122,16 @@ class Plan(SQLModel, table=True):
 class Subscription(SQLModel, table=True):
     """Periods are computed from `anchor_at`; `next_period_index` is the next period to invoice."""
 
-    __table_args__ = (Index("ix_subscription_due", "status", "next_billing_at"),)
+    __table_args__ = (
+        Index("ix_subscription_due", "status", "next_billing_at"),
+        # billing_subscriptions_held counts these: a few rows, never a scan of the table.
+        Index(
+            "ix_subscription_held",
+            "status",
+            sqlite_where=text(SUBSCRIPTION_HELD),
+            postgresql_where=text(SUBSCRIPTION_HELD),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
@@ -139,6 +155,22 @@ class Subscription(SQLModel, table=True):
     catchup_through_index: int | None = None
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class SubscriptionStatusCount(SQLModel, table=True):
+    """How many subscriptions are in each status: the sum of `n` over a status's rows.
+
+    Written only by triggers on `subscription` (migration f5c0ffee0805), in the transaction of
+    every insert, delete and status change, so no writer can forget it. SQLite keeps one row
+    per status, updated in place; PostgreSQL appends +1/-1 delta rows, which never make two
+    transactions wait for each other, and `store/counts.py` folds them. The metrics scrape
+    reads these few rows instead of counting the subscription table."""
+
+    __tablename__ = "subscription_status_count"
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(max_length=16)
+    n: int
 
 
 class Invoice(SQLModel, table=True):
@@ -208,6 +240,14 @@ class ChargeAttempt(SQLModel, table=True):
         Index("ix_charge_attempt_unresolved", "state", "next_check_at"),
         # The card-network caps count a card's recent attempts (engine/retries.py).
         Index("ix_charge_attempt_card_recent", "instrument_id", "created_at"),
+        # billing_unknown_outcomes and the oldest one's age: only unresolved rows are in it
+        # (an approval takes its row out), so no statistics make a table scan look cheaper.
+        Index(
+            "ix_charge_attempt_unresolved_age",
+            "created_at",
+            sqlite_where=text(ATTEMPT_UNRESOLVED),
+            postgresql_where=text(ATTEMPT_UNRESOLVED),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -367,6 +407,15 @@ class OutboxDelivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("outbox_id", "channel", "target"),
         Index("ix_outbox_delivery_due", "state", "next_attempt_at"),
+        # billing_outbox_deliveries and the oldest pending age: the backlog only.
+        Index(
+            "ix_outbox_delivery_backlog",
+            "channel",
+            "state",
+            "created_at",
+            sqlite_where=text(DELIVERY_BACKLOG),
+            postgresql_where=text(DELIVERY_BACKLOG),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -330,6 +330,21 @@ def backlog() -> list[Panel]:
                 }
             },
         ),
+        Panel(
+            "Invoices parked",
+            "Invoices the safety bounds parked instead of charging (ceiling, increase factor, "
+            "charges per customer a day): `billing invoices list --status parked`, then release "
+            "or void. BillingInvoicesParked fires while any waits.",
+            [Query("max(billing_invoices_parked)", "parked")],
+            kind="stat",
+            width=8,
+            extra={
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [{"color": "green", "value": None}, {"color": "orange", "value": 1}],
+                }
+            },
+        ),
     ]
 
 

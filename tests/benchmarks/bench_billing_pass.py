@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
+from _common import _fresh_pg, header
 
 from billing.clock import TestClock
 from billing.engine.billing_pass import run_billing_pass
@@ -104,21 +104,12 @@ def _seed_direct(ctx: BillingContext, simulator: PlexoSimulator, n: int) -> None
         )
 
 
-def _fresh_pg(admin_url: str) -> str | None:
-    try:
-        name = f"billing_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return admin_url.rsplit("/", 1)[0] + f"/{name}"
-    except psycopg.Error:
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("n", nargs="?", type=int, default=300)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    header()
     base = baseline(args.n)
     print(f"baseline: {args.n} bare gateway calls in {base:.2f}s ({args.n / base:.0f}/s)")
     with tempfile.TemporaryDirectory() as tmp:

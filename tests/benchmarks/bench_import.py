@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
-from bench_billing_pass import CONCURRENCY, START, _fresh_pg
+from _common import _fresh_pg, header
+from bench_billing_pass import CONCURRENCY, START
 
 from billing.cli.imports import CUSTOMER_COLUMNS, import_customers
 from billing.clock import TestClock
@@ -103,6 +104,7 @@ def main() -> None:
         "--latency-ms", type=float, default=0.0, help="gateway round trip to add (default 0)"
     )
     args = parser.parse_args()
+    header()
     latency = args.latency_ms / 1000
     print(f"{args.n} customers, concurrency {CONCURRENCY}, added latency {args.latency_ms:g} ms")
     base = baseline(args.n, latency)

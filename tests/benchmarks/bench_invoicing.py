@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,8 +31,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from bench_billing_pass import _fresh_pg
-from bench_startup import commit, machine
+from _common import DEFAULT_PG, _fresh_pg, commit, drop_pg, load, machine
 from sqlalchemy import Engine, event, func, select
 
 from billing.clock import TestClock
@@ -222,7 +220,7 @@ def main() -> None:
     parser.add_argument("--20k", dest="twenty", action="store_true", help="--n 20000")
     parser.add_argument("--batch", type=int, default=BATCH_SIZE)
     parser.add_argument("--skip-before", action="store_true", help="skip the one-by-one path")
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pg", default=DEFAULT_PG)
     args = parser.parse_args()
     n = 20_000 if args.twenty else args.n
     print(f"machine: {machine()}")
@@ -248,12 +246,11 @@ def main() -> None:
         try:
             measure("postgres", pg_url, n, args.batch, not args.skip_before)
         finally:
-            with psycopg.connect(args.pg, autocommit=True) as conn:
-                for url in created:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
+            for url in created:
+                drop_pg(args.pg, url)
     else:
         print("postgres: skipped (no server reachable)")
-    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load after: {load()}")
 
 
 def _fresh_pg_reachable(admin_url: str) -> bool:

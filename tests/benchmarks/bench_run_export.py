@@ -22,8 +22,7 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
-from bench_billing_pass import _fresh_pg
-from bench_startup import commit, machine
+from _common import _fresh_pg, commit, machine
 
 from billing.store.db import make_engine
 from billing.store.migrate import upgrade

@@ -23,32 +23,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import commit, machine
+
 GOAL_SECONDS = 0.3
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def machine() -> str:
-    cores = os.cpu_count()
-    try:
-        meminfo = Path("/proc/meminfo").read_text().split()
-        memory = f"{int(meminfo[meminfo.index('MemTotal:') + 1]) / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        memory = "unknown memory"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cores} cores, {memory}, load {load}; Python {sys.version.split()[0]}"
-
-
-def commit() -> str:
-    """The commit of the `billing` package being measured (PYTHONPATH may point elsewhere)."""
-    import billing
-
-    where = Path(billing.__file__).resolve().parents[1]
-    done = subprocess.run(
-        ["git", "-C", str(where), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-    )
-    return f"{done.stdout.strip() or 'not a git checkout'} ({where})"
 
 
 def seed(url: str, n: int) -> None:

@@ -340,6 +340,11 @@ def test_cli_plan_approve_reject_and_runs_list(
     listed = json.loads(invoke(gate, db_url, "runs", "list", "--json").stdout)
     assert listed[0]["state"] == "planned"
     assert listed[0]["outcomes"] == {"planned": {"count": 2, "amounts": {"UYU": "1180.00"}}}
+    shown_run = json.loads(invoke(gate, db_url, "runs", "show", str(plan_id), "--json").stdout)
+    assert [i["invoice"] for i in shown_run["plan"]["items"]] == [
+        i["invoice"] for i in view["items"]
+    ]
+    assert "2 frozen charges (planned)" in invoke(gate, db_url, "runs", "show", str(plan_id)).stdout
 
     bad = invoke(gate, db_url, "runs", "reject", str(plan_id), "--by", "ana")
     assert bad.exit_code == 2 and "--reason" in bad.stderr

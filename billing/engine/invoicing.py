@@ -72,7 +72,9 @@ class Invoiced:
 
 
 def due_subscription_ids(ctx: BillingContext, now: datetime, limit: int = 1000) -> list[int]:
-    """Subscriptions with at least one period started and not yet invoiced (held ones wait)."""
+    """Subscriptions with at least one period started and not yet invoiced (held ones wait).
+    The pass reads them in batches (_due_batch); this list drives the one-by-one loop that
+    bench_invoicing.py measures as "before"."""
     with session(ctx.engine) as s:
         rows = s.exec(
             select(Subscription.id)

@@ -23,18 +23,15 @@ brackets), in milliseconds. Each database is fresh and dropped at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
+from _common import commit, load, machine
 from sqlalchemy import Engine, bindparam, text
 
 from billing.daemon.service import store_samples
@@ -59,32 +56,6 @@ OLD_STATEMENTS = [  # billing/daemon/service.py and notify/deliver.py at f06b363
     "SELECT channel, state, count(id), min(created_at) FROM outbox_delivery "
     "WHERE state IN ('pending', 'dead') GROUP BY channel, state",
 ]
-
-
-def machine() -> str:
-    cores = os.cpu_count()
-    try:
-        meminfo = Path("/proc/meminfo").read_text().split()
-        memory = f"{int(meminfo[meminfo.index('MemTotal:') + 1]) / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        memory = "unknown memory"
-    return f"{cores} cores, {memory}, load {load()}; Python {sys.version.split()[0]}"
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def commit() -> str:
-    import billing
-
-    where = Path(billing.__file__).resolve().parents[1]
-    done = subprocess.run(
-        ["git", "-C", str(where), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-    )
-    return f"{done.stdout.strip() or 'not a git checkout'} ({where})"
 
 
 def timed(read: Callable[[], object], repeat: int) -> tuple[float, float]:
